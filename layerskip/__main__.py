@@ -1,0 +1,3 @@
+from layerskip.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""The ``layerskip`` command line: one parser, one subcommand per job."""
+
+from __future__ import annotations
+
+import sys
+
+from layerskip import __version__
+from layerskip.cli import generate
+from layerskip.cli.arguments import ArgumentParser
+from layerskip.errors import LayerskipError
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="layerskip", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"layerskip {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    generate.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except LayerskipError as exc:
+        sys.stderr.write(f"layerskip {args.command}: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130

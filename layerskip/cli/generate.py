@@ -1,0 +1,95 @@
+"""``layerskip generate``: one-shot (``--prompt``) or interactive generation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Iterator
+
+from layerskip.cli.arguments import add, add_generation_arguments, add_model_arguments
+from layerskip.cli.settings import generation_config, model_eos_ids, strategy
+from layerskip.cli.streaming import TextStreamer
+from layerskip.errors import LayerskipError
+from layerskip.generation import generate
+from layerskip.loading import load
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("generate", help="generate text (one-shot or interactive)")
+    add_model_arguments(parser)
+    add_generation_arguments(parser)
+    add(parser, "prompt", default=None, help="generate once for this prompt (default: interactive mode)")
+    add(parser, "streamer", default="standard", choices=["none", "standard", "speculative"])
+    add(parser, "json", type=bool, default=False, help="print one JSON object with text, token ids and stats")
+    parser.set_defaults(handler=run)
+
+
+def interactive_prompts() -> Iterator[str]:
+    """Prompts typed at the terminal, one per line; a trailing backslash continues a line."""
+    if sys.stdin.isatty():
+        sys.stderr.write("Enter a prompt (a line ending in \\ continues it; Ctrl-D or 'exit' quits).\n")
+    lines: list[str] = []
+    while True:
+        if sys.stdin.isatty():
+            sys.stderr.write("... " if lines else ">>> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            return
+        line = line.rstrip("\n")
+        if line.endswith("\\"):
+            lines.append(line[:-1])
+            continue
+        prompt = "\n".join([*lines, line])
+        lines = []
+        if prompt.strip() in ("exit", "quit"):
+            return
+        if prompt.strip():
+            yield prompt
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.prompt is not None and not args.prompt.strip():
+        raise LayerskipError("empty prompt")
+    if args.model is None:
+        raise LayerskipError("--model is required (a local checkpoint directory or a hub id)")
+    loaded = load(args.model, args.device, args.dtype)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    chosen = strategy(args, model)
+    config = generation_config(args, model_eos_ids(model, tokenizer))
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    prompts = [args.prompt] if args.prompt is not None else interactive_prompts()
+    for prompt in prompts:
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        if not prompt_ids:
+            raise LayerskipError("the prompt encodes to no tokens")
+        streamer = None
+        if not args.json and args.streamer != "none":
+            streamer = TextStreamer(decode, sys.stdout, colour=args.streamer == "speculative")
+        result = generate(model, prompt_ids, config, chosen.drafter, chosen.depth, streamer, decode)
+        if args.json:
+            out = {
+                "model": str(loaded.path),
+                "prompt": prompt,
+                "text": decode(result.token_ids),
+                "token_ids": result.token_ids,
+                "stats": result.stats.as_dict(),
+            }
+            sys.stdout.write(json.dumps(out) + "\n")
+        else:
+            if streamer is not None:
+                streamer.end()
+            else:
+                sys.stdout.write(decode(result.token_ids) + "\n")
+            s = result.stats
+            acc = "n/a" if s.acceptance_rate is None else f"{s.acceptance_rate:.3f}"
+            sys.stderr.write(
+                f"[{s.generated_tokens} tokens, {s.tokens_per_second:.1f} tok/s, acceptance {acc}, "
+                f"ttft {s.time_to_first_token * 1000:.1f} ms, stop: {s.stop_reason}]\n"
+            )
+        sys.stdout.flush()
+    return 0

@@ -1,0 +1,113 @@
+"""Model configuration of a Llama-family checkpoint, read from a Hugging Face ``config.json``.
+
+Covers Llama 2 / CodeLlama (``rope_theta``), Llama 3 / 3.1 / 3.2 (GQA, ``llama3`` rope scaling,
+tied embeddings) and the ``attention_bias`` / ``mlp_bias`` flags. Both the transformers 4.x layout
+(``rope_theta`` + ``rope_scaling``) and the 5.x layout (``rope_parameters``) are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from layerskip.errors import LayerskipError
+
+SUPPORTED_MODEL_TYPES = ("llama",)
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    @property
+    def rope_type(self) -> str:
+        if not self.rope_scaling:
+            return "default"
+        return str(self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default")))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "ModelConfig":
+        model_type = raw.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise LayerskipError(
+                f"unsupported architecture: model_type={model_type!r} "
+                f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+            )
+        if raw.get("hidden_act", "silu") != "silu":
+            raise LayerskipError(f"unsupported hidden_act {raw.get('hidden_act')!r} (only silu)")
+        try:
+            hidden = int(raw["hidden_size"])
+            heads = int(raw["num_attention_heads"])
+            rope_params = dict(raw.get("rope_parameters") or {})
+            rope_theta = float(rope_params.pop("rope_theta", raw.get("rope_theta", 10000.0)))
+            scaling = raw.get("rope_scaling") or (rope_params if rope_params else None)
+            if scaling is not None:
+                scaling = dict(scaling)
+                rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+                if rope_type not in SUPPORTED_ROPE_TYPES:
+                    raise LayerskipError(
+                        f"unsupported rope scaling {rope_type!r} (supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
+                    )
+                if rope_type == "default":
+                    scaling = None
+            eos = raw.get("eos_token_id")
+            eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+            return cls(
+                vocab_size=int(raw["vocab_size"]),
+                hidden_size=hidden,
+                intermediate_size=int(raw["intermediate_size"]),
+                num_hidden_layers=int(raw["num_hidden_layers"]),
+                num_attention_heads=heads,
+                num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
+                head_dim=int(raw.get("head_dim") or hidden // heads),
+                rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
+                rope_theta=rope_theta,
+                rope_scaling=scaling,
+                max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
+                tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+                attention_bias=bool(raw.get("attention_bias", False)),
+                mlp_bias=bool(raw.get("mlp_bias", False)),
+                bos_token_id=raw.get("bos_token_id"),
+                eos_token_ids=tuple(int(e) for e in eos_ids),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LayerskipError(f"invalid model config: {exc!r}") from None
+
+    @classmethod
+    def from_file(cls, path: Path) -> "ModelConfig":
+        try:
+            raw = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise LayerskipError(f"missing config.json in {Path(path).parent}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise LayerskipError(f"corrupt {path}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise LayerskipError(f"corrupt {path}: expected a JSON object")
+        return cls.from_dict(raw)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The config in Hugging Face's ``LlamaConfig`` layout (loadable by transformers)."""
+        out = asdict(self)
+        eos = out.pop("eos_token_ids")
+        out["eos_token_id"] = (eos[0] if len(eos) == 1 else list(eos)) if eos else None
+        out["rope_scaling"] = self.rope_scaling
+        out.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu")
+        return out

@@ -1,0 +1,191 @@
+"""The decoding loop shared by every strategy.
+
+Autoregressive decoding is the loop with no drafter (each round verifies just the pending token);
+self-speculative decoding is the same loop with a drafter. With ``depth`` below the model's layer
+count and no drafter, it is early-exit inference.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from layerskip.cache import KVCache
+from layerskip.drafting import DecodeState, Draft, Drafter
+from layerskip.model import LlamaForCausalLM
+from layerskip.sampling import SamplingConfig, process_logits, select
+from layerskip.verification import verify
+
+#: called with the new tokens of a round and how many of them were accepted drafts
+TokenCallback = Callable[[list[int], int], None]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_steps: int = 512
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    stop_token_ids: tuple[int, ...] = ()
+    stop_words: tuple[str, ...] = ()
+    seed: int | None = 42
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1")
+
+
+@dataclass
+class GenerationStats:
+    generated_tokens: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    acceptance_rate: float | None = None
+    mean_tokens_per_verification: float | None = None
+    draft_forwards: int = 0
+    verify_forwards: int = 0
+    exit_layer: int | None = None
+    num_speculations: int | None = None
+    stop_reason: str = "max_steps"
+    time_to_first_token: float = 0.0
+    total_time: float = 0.0
+    time_per_token: float = 0.0
+    tokens_per_second: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[int]
+    stats: GenerationStats
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _stop_index(tokens: list[int], stop_ids: frozenset[int]) -> int | None:
+    for i, tok in enumerate(tokens):
+        if tok in stop_ids:
+            return i
+    return None
+
+
+def _stop_word_end(
+    generated: list[int], new_from: int, stop_words: Sequence[str], decode: Callable[[list[int]], str]
+) -> int | None:
+    """Number of tokens to keep when a stop word completes within ``generated[new_from:]``, else None."""
+    old_len = len(decode(generated[:new_from]))
+    text = decode(generated)
+    longest = max(len(w) for w in stop_words)
+    if not any(w in text[max(0, old_len - longest + 1) :] for w in stop_words):
+        return None
+    for end in range(new_from + 1, len(generated) + 1):
+        prefix = decode(generated[:end])
+        if any(w in prefix[max(0, old_len - longest + 1) :] for w in stop_words):
+            return end
+    return len(generated)
+
+
+@torch.inference_mode()
+def generate(
+    model: LlamaForCausalLM,
+    prompt_ids: Sequence[int],
+    config: GenerationConfig,
+    drafter: Drafter | None = None,
+    depth: int | None = None,
+    on_tokens: TokenCallback | None = None,
+    decode: Callable[[list[int]], str] | None = None,
+) -> GenerationResult:
+    """Generate up to ``config.max_steps`` tokens after ``prompt_ids`` (batch 1).
+
+    ``depth``: layers of the target model (default all; fewer = early-exit inference).
+    ``drafter``: None for autoregressive decoding, else self-speculative decoding with it.
+    ``decode``: token ids -> text, needed only for ``stop_words``.
+    """
+    if not prompt_ids:
+        raise ValueError("empty prompt")
+    depth = model.num_layers if depth is None else depth
+    if not 1 <= depth <= model.num_layers:
+        raise ValueError(f"depth {depth} outside 1..{model.num_layers}")
+    if config.stop_words and decode is None:
+        raise ValueError("stop_words need a decode function")
+    device = model.device
+    generator = None
+    if config.sampling.sample:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(0 if config.seed is None else config.seed)
+    max_draft = drafter.max_tokens if drafter else 0
+    cache = KVCache(model.config, 1, len(prompt_ids) + config.max_steps + max_draft + 1, device, model.dtype)
+    stop_ids = frozenset(config.stop_token_ids)
+    stats = GenerationStats()
+    if drafter is not None:
+        for key, value in drafter.describe().items():
+            if hasattr(stats, key):
+                setattr(stats, key, value)
+    elif depth < model.num_layers:
+        stats.exit_layer = depth
+
+    _synchronize(device)
+    start_time = time.perf_counter()
+    prompt = torch.tensor([list(prompt_ids)], device=device)
+    hidden = model.run_layers(model.embed(prompt), 0, depth, cache, 0)
+    logits = process_logits(model.unembed(hidden[:, -1:])[:, -1].float(), config.sampling, [list(prompt_ids)])
+    first, _ = select(logits, config.sampling, generator)
+    generated = [int(first[0])]
+    cache.commit(len(prompt_ids))
+    _synchronize(device)
+    stats.time_to_first_token = time.perf_counter() - start_time
+    if on_tokens:
+        on_tokens(list(generated), 0)
+
+    state = DecodeState(model, cache, list(prompt_ids) + generated, len(prompt_ids), config.sampling, generator, stop_ids)
+    stopped = generated[0] in stop_ids
+    if stopped:
+        stats.stop_reason = "stop_token"
+    elif config.stop_words and _stop_word_end(generated, 0, config.stop_words, decode):
+        stats.stop_reason, stopped = "stop_word", True
+
+    while not stopped and len(generated) < config.max_steps:
+        remaining = config.max_steps - len(generated)
+        draft = drafter.propose(state, remaining - 1) if drafter else Draft()
+        verdict = verify(state, draft, depth)
+        stats.draft_forwards += draft.forwards
+        stats.verify_forwards += 1
+        stats.drafted_tokens += len(draft)
+        stats.accepted_tokens += verdict.accepted
+        if drafter:
+            drafter.update(len(draft), verdict.accepted)
+
+        new = verdict.tokens[:remaining]
+        cut = _stop_index(new, stop_ids)
+        if cut is not None:
+            new, stopped, stats.stop_reason = new[: cut + 1], True, "stop_token"
+        before = len(generated)
+        generated.extend(new)
+        if config.stop_words:
+            keep = _stop_word_end(generated, before, config.stop_words, decode)
+            if keep is not None:
+                del generated[keep:]
+                stopped, stats.stop_reason = True, "stop_word"
+        # The pending token is the last new one; every slot before it now holds verified K/V.
+        state.slot += len(generated) - before
+        state.history.extend(generated[before:])
+        cache.commit(state.slot)
+        if on_tokens and len(generated) > before:
+            on_tokens(generated[before:], min(verdict.accepted, len(generated) - before))
+
+    _synchronize(device)
+    stats.total_time = time.perf_counter() - start_time
+    stats.generated_tokens = len(generated)
+    if stats.drafted_tokens:
+        stats.acceptance_rate = stats.accepted_tokens / stats.drafted_tokens
+    if stats.verify_forwards:
+        stats.mean_tokens_per_verification = (len(generated) - 1) / stats.verify_forwards
+    stats.time_per_token = stats.total_time / len(generated)
+    stats.tokens_per_second = len(generated) / stats.total_time if stats.total_time > 0 else 0.0
+    return GenerationResult(generated, stats)

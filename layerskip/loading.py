@@ -1,0 +1,182 @@
+"""Load Llama-family checkpoints in Hugging Face layout: local directories or hub ids.
+
+A checkpoint is a directory with ``config.json``, one or several ``*.safetensors`` files (with
+``model.safetensors.index.json`` when sharded) and tokenizer files. Hub ids are resolved through
+``huggingface_hub`` and its cache. Only safetensors are read; pickle weights are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from layerskip.config import ModelConfig
+from layerskip.errors import LayerskipError
+from layerskip.model import LlamaForCausalLM
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LayerskipError("--device cuda requested but no CUDA device is available")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise LayerskipError(f"unknown device {name!r} (use auto, cpu or cuda)")
+    return torch.device(name)
+
+
+def cpu_runs_bf16_well() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 where the hardware runs it well, else float32."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_runs_bf16_well() else torch.float32
+    if name not in DTYPES:
+        raise LayerskipError(f"unknown dtype {name!r} (use auto, float32, bfloat16 or float16)")
+    return DTYPES[name]
+
+
+def resolve_model_path(model: str) -> Path:
+    """A local checkpoint directory for ``model`` (a path, or a hub id fetched into the HF cache)."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise LayerskipError(f"--model {model}: not a directory")
+        return path.resolve()
+    if not HUB_ID.match(model) or model.startswith((".", "/", "~")):
+        raise LayerskipError(f"model directory not found: {model}")
+    return _download(model)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        pass
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except GatedRepoError:
+        raise LayerskipError(
+            f"{repo_id} is gated: request access on its hub page, then log in with `hf auth login` "
+            "(or set HF_TOKEN)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise LayerskipError(
+            f"{repo_id}: no such model directory, and no such hub repository (or it is private: log in with `hf auth login`)"
+        ) from None
+    except Exception as exc:  # offline, DNS, proxy, HF_HUB_OFFLINE=1 ...
+        raise LayerskipError(
+            f"cannot download {repo_id} from the hub ({type(exc).__name__}); it is not in the local cache "
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}). Download it where the hub is reachable "
+            "and pass its local directory to --model"
+        ) from None
+
+
+def weight_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise LayerskipError(f"corrupt {index}: {exc!r}") from None
+        files = sorted({path / name for name in weight_map.values()})
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise LayerskipError(f"{index} names missing shard(s): {', '.join(missing)}")
+        return files
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        if list(path.glob("*.bin")) or list(path.glob("*.pt")):
+            raise LayerskipError(
+                f"{path} holds only pickle weights (*.bin/*.pt), which are not loaded for safety; "
+                "convert them to safetensors"
+            )
+        raise LayerskipError(f"no *.safetensors weights in {path}")
+    return files
+
+
+def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            state.update(load_file(str(file)))
+        except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+            raise LayerskipError(f"corrupt safetensors file {file}: {exc}") from None
+    return state
+
+
+def load_model(path: Path, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
+    """Build the model from ``path/config.json`` and fill it from its safetensors files."""
+    config = ModelConfig.from_file(path / "config.json")
+    state = read_state_dict(weight_files(path))
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config).to(dtype)
+    model.to_empty(device=device)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+        state.pop("lm_head.weight", None)
+    expected = dict(model.named_parameters())
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise LayerskipError(f"checkpoint {path} lacks weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    with torch.no_grad():
+        for name, param in expected.items():
+            tensor = state[name]
+            if tensor.shape != param.shape:
+                raise LayerskipError(
+                    f"checkpoint {path}: {name} has shape {tuple(tensor.shape)}, config expects {tuple(param.shape)}"
+                )
+            param.copy_(tensor)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:  # transformers raises many types for missing/corrupt files
+        raise LayerskipError(f"cannot load the tokenizer from {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    model: LlamaForCausalLM
+    tokenizer: object
+
+
+def load(model: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    path = resolve_model_path(model)
+    dev = resolve_device(device)
+    return LoadedModel(path, load_model(path, dev, resolve_dtype(dtype, dev)), load_tokenizer(path))

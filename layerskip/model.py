@@ -1,0 +1,216 @@
+"""A compact Llama-family decoder with explicit exit and skip control.
+
+One module tree named like Hugging Face's ``LlamaForCausalLM`` (so checkpoints load by name), and
+a forward split in three calls that decoding strategies compose:
+
+- ``embed(tokens)``: token ids ``[batch, T]`` -> hidden ``[batch, T, dim]``;
+- ``run_layers(hidden, first, last, ...)``: decoder layers ``first..last-1`` at explicit cache slots;
+- ``unembed(hidden)``: the shared final norm + LM head, applicable to the output of any layer.
+
+Depth is chosen per call (``last``), never by mutating the config. ``h_l`` denotes the input of
+layer ``l`` (the output of layer ``l-1``); ``h_0`` is the embedding and ``unembed(h_L)`` the full
+model's logits, so an exit at layer ``E`` means ``unembed(h_E)`` after layers ``0..E-1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layerskip.cache import KVCache
+from layerskip.config import ModelConfig
+from layerskip.rope import RotaryTable, apply_rotary
+
+
+@dataclass(frozen=True)
+class SkipSet:
+    """Sublayers to treat as identity on the residual stream (layer-skip drafts)."""
+
+    attn: frozenset[int] = field(default_factory=frozenset)
+    mlp: frozenset[int] = field(default_factory=frozenset)
+
+    def __bool__(self) -> bool:
+        return bool(self.attn or self.mlp)
+
+
+NO_SKIP = SkipSet()
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        layer: int,
+        cache: KVCache | None,
+        start: int,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """x ``[batch, T, dim]`` -> ``[batch, T, dim]``; K/V written to ``cache`` at slots ``start..``."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.write(layer, start, k, v)
+            causal = False
+        else:
+            causal = mask is None and t > 1
+        gqa = self.n_heads != self.n_kv
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        bias = cfg.mlp_bias
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+def attention_mask(
+    start: int, t: int, pad: torch.Tensor | None, batch: int, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean mask ``[batch, 1, T, start+T]``: query slot ``start+i`` sees key slots ``pad[b]..start+i``.
+
+    ``None`` when every query may see every key slot (a single query with no left padding).
+    """
+    if t == 1 and pad is None:
+        return None
+    keys = torch.arange(start + t, device=device)
+    queries = torch.arange(start, start + t, device=device)
+    mask = (keys[None, :] <= queries[:, None]).expand(batch, 1, t, start + t)
+    if pad is not None:
+        mask = mask & (keys[None, None, None, :] >= pad[:, None, None, None])
+    return mask
+
+
+class LlamaForCausalLM(nn.Module):
+    """Llama decoder with per-call exit layer and sublayer skipping."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self._rotary: RotaryTable | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def rotary(self) -> RotaryTable:
+        table = self._rotary
+        if table is None or table.dtype != self.dtype or table.inv_freq.device != self.device:
+            table = self._rotary = RotaryTable(self.config, self.device, self.dtype)
+        return table
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens ``[batch, T]`` -> ``h_0`` ``[batch, T, dim]``."""
+        return self.model.embed_tokens(tokens)
+
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The shared exit head: ``lm_head(norm(h))``, hidden ``[batch, T, dim]`` -> logits ``[batch, T, vocab]``."""
+        return self.lm_head(self.model.norm(hidden))
+
+    def run_layers(
+        self,
+        hidden: torch.Tensor,
+        first: int,
+        last: int,
+        cache: KVCache | None = None,
+        start: int = 0,
+        pad: torch.Tensor | None = None,
+        skip: SkipSet = NO_SKIP,
+    ) -> torch.Tensor:
+        """Run decoder layers ``first..last-1`` on ``hidden`` = ``h_first`` ``[batch, T, dim]``.
+
+        The T tokens sit at cache slots ``start..start+T-1`` (rotary position = slot - ``pad[b]``,
+        ``pad`` ``[batch]`` being left padding). Without a cache the call is a plain causal forward
+        over the T tokens (training). Returns ``h_last`` ``[batch, T, dim]``.
+        """
+        if not 0 <= first <= last <= self.num_layers:
+            raise ValueError(f"layer range {first}..{last} outside 0..{self.num_layers}")
+        b, t, _ = hidden.shape
+        slots = torch.arange(start, start + t, device=hidden.device)
+        positions = slots.expand(b, t) if pad is None else slots[None, :] - pad[:, None]
+        cos, sin = self.rotary().cos_sin(positions, start + t)
+        mask = attention_mask(start, t, pad, b, hidden.device) if cache is not None else None
+        layers = self.model.layers
+        for i in range(first, last):
+            layer = layers[i]
+            if i not in skip.attn:
+                hidden = hidden + layer.self_attn(layer.input_layernorm(hidden), cos, sin, i, cache, start, mask)
+            if i not in skip.mlp:
+                hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return hidden
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache | None = None,
+        start: int = 0,
+        exit_layer: int | None = None,
+    ) -> torch.Tensor:
+        """tokens ``[batch, T]`` -> logits ``[batch, T, vocab]`` of ``unembed(h_exit)`` (full depth by default)."""
+        last = self.num_layers if exit_layer is None else exit_layer
+        return self.unembed(self.run_layers(self.embed(tokens), 0, last, cache, start))

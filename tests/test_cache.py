@@ -1,0 +1,78 @@
+"""The shared KV cache: rollback moves a length; verification reuses draft K/V exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from layerskip.cache import KVCache
+from layerskip.drafting import DecodeState, EarlyExitDrafter
+from layerskip.sampling import SamplingConfig
+from layerskip.verification import verify
+
+
+def test_write_returns_prefix_and_overflow_is_an_error(tiny_model):
+    cache = KVCache(tiny_model.config, 1, 6, "cpu", torch.float32)
+    k = torch.ones(1, 2, 3, tiny_model.config.head_dim)
+    keys, values = cache.write(0, 2, k, k)
+    assert keys.shape[2] == 5 and torch.equal(keys[:, :, 2:], k)
+    with pytest.raises(ValueError):
+        cache.write(0, 5, k, k)
+    with pytest.raises(ValueError):
+        cache.commit(7)
+
+
+def test_rollback_then_overwrite_matches_a_fresh_cache(tiny_model):
+    """After drafting junk past the committed length and rolling back, decoding the true tokens
+    gives the same logits and the same cache contents as a cache that never saw the junk."""
+    model = tiny_model
+    prompt = torch.tensor([[0, 5, 6, 7, 8]])
+    truth = torch.tensor([[9, 10, 11]])
+    junk = torch.tensor([[100, 101, 102, 103]])
+    with torch.no_grad():
+        clean = KVCache(model.config, 1, 16, "cpu", torch.float32)
+        model(prompt, clean, 0)
+        expected = model(truth, clean, 5)
+
+        dirty = KVCache(model.config, 1, 16, "cpu", torch.float32)
+        model(prompt, dirty, 0)
+        dirty.commit(5)
+        model(junk, dirty, 5, exit_layer=2)  # draft layers only
+        model(junk[:, :2], dirty, 5)  # a full verification of junk
+        ptr = dirty.k.data_ptr()
+        dirty.commit(5)  # roll back: only the length moves
+        assert dirty.length == 5 and dirty.k.data_ptr() == ptr
+        got = model(truth, dirty, 5)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(dirty.k[:, :, :, :8], clean.k[:, :, :, :8])
+    torch.testing.assert_close(dirty.v[:, :, :, :8], clean.v[:, :, :, :8])
+
+
+def test_verification_reuses_draft_states(tiny_model):
+    """Verification with reuse (draft layers run for the last draft only) equals a full forward."""
+    model = tiny_model
+    prompt = [0, 5, 6, 7, 8, 9]
+    with torch.no_grad():
+        cache = KVCache(model.config, 1, 32, "cpu", torch.float32)
+        model(torch.tensor([prompt[:-1]]), cache, 0)
+        cache.commit(5)
+        state = DecodeState(model, cache, list(prompt), 5, SamplingConfig(sample=False), None, frozenset())
+        drafter = EarlyExitDrafter(2, 4)
+        draft = drafter.propose(state, 10)
+        assert len(draft) == 4 and draft.exit_hidden.shape == (1, 4, model.config.hidden_size)
+        calls = []
+        original = model.run_layers
+
+        def spy(hidden, first, last, *args, **kwargs):
+            calls.append((hidden.shape[1], first, last))
+            return original(hidden, first, last, *args, **kwargs)
+
+        model.run_layers = spy
+        try:
+            verdict = verify(state, draft, model.num_layers)
+        finally:
+            del model.run_layers
+        assert calls == [(1, 0, 2), (5, 2, model.num_layers)]
+        full = model(torch.tensor([prompt + draft.tokens]))[0, -5:].argmax(-1).tolist()
+    n = verdict.accepted
+    assert verdict.tokens == draft.tokens[:n] + [full[n]]

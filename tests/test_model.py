@@ -1,0 +1,76 @@
+"""Logits parity with transformers' LlamaForCausalLM on tiny checkpoints it wrote itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import make_checkpoint
+
+from layerskip.cache import KVCache
+from layerskip.loading import load_model
+
+CASES = {
+    "gqa": {},
+    "mha": {"kv_heads": 4},
+    "llama3_rope_tied": {
+        "tie": True,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    },
+    "linear_rope": {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+    "bias": {"bias": True},
+    "sharded": {"max_shard_size": "60KB"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_logits_match_transformers(case: str, tmp_path: Path) -> None:
+    from transformers import LlamaForCausalLM
+
+    directory = make_checkpoint(tmp_path, with_tokenizer=False, **CASES[case])
+    if case == "sharded":
+        assert (directory / "model.safetensors.index.json").exists()
+    reference = LlamaForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    ours = load_model(directory, torch.device("cpu"), torch.float32)
+    tokens = torch.randint(0, 300, (2, 70), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(tokens).logits
+        full = ours(tokens)
+        cache = KVCache(ours.config, 2, 80, "cpu", torch.float32)
+        chunked = torch.cat([ours(tokens[:, :40], cache, 0), ours(tokens[:, 40:41], cache, 40), ours(tokens[:, 41:], cache, 41)], 1)
+    torch.testing.assert_close(full, expected, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(chunked, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_early_exit_logits_are_unembedded_hidden_states(tiny_dir: Path) -> None:
+    from transformers import LlamaForCausalLM
+
+    reference = LlamaForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32).eval()
+    ours = load_model(tiny_dir, torch.device("cpu"), torch.float32)
+    tokens = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        hidden_states = reference(tokens, output_hidden_states=True).hidden_states
+        for exit_layer in (1, 2, 3):
+            expected = reference.lm_head(reference.model.norm(hidden_states[exit_layer]))
+            torch.testing.assert_close(ours(tokens, exit_layer=exit_layer), expected, atol=2e-5, rtol=1e-4)
+
+
+def test_left_padding_matches_unpadded_rows(tiny_model) -> None:
+    """Batch rows with left padding give the same logits as the row alone (batching groundwork)."""
+    model = tiny_model
+    short = torch.tensor([[5, 6, 7, 8]])
+    padded = torch.tensor([[2, 2, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
+    pad = torch.tensor([2, 0])
+    with torch.no_grad():
+        alone = model(short)
+        cache = KVCache(model.config, 2, 8, "cpu", torch.float32)
+        batched = model.unembed(model.run_layers(model.embed(padded), 0, model.num_layers, cache, 0, pad))
+    torch.testing.assert_close(batched[0, 2:], alone[0], atol=2e-5, rtol=1e-4)
