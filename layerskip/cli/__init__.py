@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from layerskip import __version__
-from layerskip.cli import generate
+from layerskip.cli import generate, train
 from layerskip.cli.arguments import ArgumentParser
 from layerskip.errors import LayerskipError
 
@@ -15,6 +15,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--version", action="version", version=f"layerskip {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     generate.register(subparsers)
+    train.register(subparsers)
     return parser
 
 

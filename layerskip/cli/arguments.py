@@ -46,7 +46,7 @@ def add(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    add(group, "model", default=None, help="local checkpoint directory or Hugging Face hub id")
+    add(group, "model", default=None, help="local checkpoint directory or Hugging Face hub id (default: the shipped model)")
     add(group, "device", default="auto", help="auto | cpu | cuda")
     add(group, "dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="auto: bfloat16 where the hardware runs it well, else float32")
@@ -59,8 +59,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     add(group, "max_steps", type=int, default=512, help="maximum number of generated tokens")
     add(group, "generation_strategy", default="autoregressive", choices=["autoregressive", "self_speculative"])
     add(group, "exit_layer", type=int, default=None,
-        help="draft exit layer (self_speculative) or early-exit depth (autoregressive); 1..L-1")
-    add(group, "num_speculations", type=int, default=None, help="draft tokens per verification (>= 1)")
+        help="draft exit layer (self_speculative, 1..L-1; default: the model's recommendation) "
+        "or early-exit depth (autoregressive)")
+    add(group, "num_speculations", type=int, default=None, help="draft tokens per verification (>= 1; default: the model's recommendation)")
     add(group, "sample", type=bool, default=True, help="sample (True) or greedy (False)")
     add(group, "temperature", type=float, default=0.6)
     add(group, "top_k", type=int, default=0, help="0 disables top-k")

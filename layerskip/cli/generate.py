@@ -52,11 +52,9 @@ def interactive_prompts() -> Iterator[str]:
 def run(args: argparse.Namespace) -> int:
     if args.prompt is not None and not args.prompt.strip():
         raise LayerskipError("empty prompt")
-    if args.model is None:
-        raise LayerskipError("--model is required (a local checkpoint directory or a hub id)")
     loaded = load(args.model, args.device, args.dtype)
     model, tokenizer = loaded.model, loaded.tokenizer
-    chosen = strategy(args, model)
+    chosen = strategy(args, model, loaded.recommended)
     config = generation_config(args, model_eos_ids(model, tokenizer))
 
     def decode(ids: list[int]) -> str:

@@ -46,9 +46,14 @@ def generation_config(args: argparse.Namespace, eos_ids: tuple[int, ...]) -> Gen
     return GenerationConfig(args.max_steps, sampling, stop_ids, stop_words, args.seed)
 
 
-def strategy(args: argparse.Namespace, model: LlamaForCausalLM) -> Strategy:
+def strategy(args: argparse.Namespace, model: LlamaForCausalLM, recommended: dict[str, int] | None = None) -> Strategy:
+    """The drafter and depth the flags ask for; self_speculative falls back on the checkpoint's
+    recommended ``exit_layer`` / ``num_speculations`` when a flag is omitted."""
     layers = model.num_layers
     exit_layer, k = args.exit_layer, args.num_speculations
+    if args.generation_strategy == "self_speculative" and recommended:
+        exit_layer = recommended.get("exit_layer") if exit_layer is None else exit_layer
+        k = recommended.get("num_speculations") if k is None else k
     if args.generation_strategy == "autoregressive":
         if exit_layer is None or exit_layer < 0:  # upstream's -1 means full depth
             return Strategy(None, layers)
@@ -56,7 +61,9 @@ def strategy(args: argparse.Namespace, model: LlamaForCausalLM) -> Strategy:
             raise LayerskipError(f"--exit_layer {exit_layer} outside 1..{layers} for this {layers}-layer model")
         return Strategy(None, exit_layer)
     if exit_layer is None or k is None:
-        raise LayerskipError("self_speculative decoding needs --exit_layer and --num_speculations")
+        raise LayerskipError(
+            "self_speculative decoding needs --exit_layer and --num_speculations (this model recommends none)"
+        )
     if not 1 <= exit_layer <= layers - 1:
         raise LayerskipError(f"--exit_layer {exit_layer} outside 1..{layers - 1} for this {layers}-layer model")
     if k < 1:

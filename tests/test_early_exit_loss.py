@@ -1,0 +1,93 @@
+"""Early-exit loss: scales, curricula, and equality with plain cross-entropy when only the last
+layer is enabled."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from layerskip.training.early_exit_loss import enabled_layers, layer_scales, normalized_weights
+from layerskip.training.objective import EarlyExitObjective, exit_losses, run_layer_with_dropout
+
+
+def test_paper_scales():
+    L, e = 5, 0.2
+    scales = layer_scales(L, e, "sum_l")
+    assert scales[:4] == pytest.approx([0.0, 0.2, 0.6, 1.2])
+    assert scales[4] == pytest.approx(4 + 0.2 * (0 + 1 + 2 + 3))
+    assert layer_scales(3, 1.0, "one") == [1.0, 1.0, 1.0]
+    assert layer_scales(4, 0.5, "l") == pytest.approx([0.0, 0.5, 1.0, 3 + 0.5 * 2])
+    with pytest.raises(ValueError):
+        layer_scales(4, 1.0, "nope")
+
+
+def test_normalized_weights_sum_to_one_over_enabled_layers():
+    w = normalized_weights([1.0, 2.0, 3.0, 4.0], [False, True, False, True])
+    assert w == pytest.approx([0, 2 / 6, 0, 4 / 6])
+    with pytest.raises(ValueError):
+        normalized_weights([0.0, 0.0], [True, False])
+
+
+def test_rotational_curriculum_rotates_and_keeps_last_layer():
+    L, R = 8, 3
+    for step in range(6):
+        on = enabled_layers(L, step, 100, "rotational", R)
+        assert on[-1]
+        assert [l for l in range(L - 1) if on[l]] == [l for l in range(L - 1) if (l - step) % R == 0]
+    union = set()
+    for step in range(R):
+        union |= {l for l, v in enumerate(enabled_layers(L, step, 100, "rotational", R)) if v}
+    assert union == set(range(L))
+
+
+def test_gradual_curriculum_enables_layers_from_the_top():
+    L, T = 4, 80  # one more layer every T/(2L) = 10 steps
+    assert enabled_layers(L, 0, T, "gradual") == [False, False, False, True]
+    assert enabled_layers(L, 10, T, "gradual") == [False, False, True, True]
+    assert enabled_layers(L, 29, T, "gradual") == [False, True, True, True]
+    assert enabled_layers(L, 30, T, "gradual") == [True] * 4
+    assert enabled_layers(L, 79, T, "gradual") == [True] * 4
+    assert enabled_layers(L, 5, T, "none") == [True] * 4
+
+
+def test_last_layer_only_equals_plain_cross_entropy(tiny_model):
+    model = tiny_model
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randint(0, 300, (2, 16), generator=g)
+    targets = torch.randint(0, 300, (2, 16), generator=g)
+    L = model.num_layers
+    weights = normalized_weights(layer_scales(L, 0.2), [False] * (L - 1) + [True])
+    loss, per_layer = EarlyExitObjective(model)(inputs, targets, None, weights)
+    plain = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+    torch.testing.assert_close(loss, plain)
+    assert torch.isnan(per_layer[:-1]).all()
+
+
+def test_weighted_sum_over_exits_and_gradients_flow(tiny_dir):
+    from layerskip.loading import load_model
+
+    model = load_model(tiny_dir, torch.device("cpu"), torch.float32)
+    model.requires_grad_(True)
+    g = torch.Generator().manual_seed(1)
+    inputs = torch.randint(0, 300, (2, 12), generator=g)
+    targets = torch.randint(0, 300, (2, 12), generator=g)
+    weights = [0.1, 0.2, 0.3, 0.4]
+    loss, per_layer = EarlyExitObjective(model)(inputs, targets, None, weights)
+    with torch.no_grad():
+        expected_layers = [F.cross_entropy(model(inputs, exit_layer=l + 1).flatten(0, 1), targets.flatten()) for l in range(4)]
+    torch.testing.assert_close(per_layer, torch.stack(expected_layers))
+    torch.testing.assert_close(loss, sum(w * ce for w, ce in zip(weights, expected_layers)))
+    assert exit_losses(model, inputs, targets) == pytest.approx([float(x) for x in expected_layers], rel=1e-5)
+    loss.backward()
+    assert model.model.layers[0].mlp.up_proj.weight.grad is not None
+
+
+def test_dropped_layer_is_identity_for_that_sample_only(tiny_model):
+    model = tiny_model
+    hidden = torch.randn(3, 5, model.config.hidden_size)
+    keep = torch.tensor([True, False, True])
+    out = run_layer_with_dropout(model, hidden, 1, keep)
+    full = model.run_layers(hidden, 1, 2)
+    torch.testing.assert_close(out[1], hidden[1])
+    torch.testing.assert_close(out[[0, 2]], full[[0, 2]])
