@@ -7,12 +7,11 @@ tied embeddings) and the ``attention_bias`` / ``mlp_bias`` flags. Both the trans
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerskip.errors import LayerskipError
+from layerskip.errors import LayerskipError, read_json_object
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
@@ -93,14 +92,7 @@ class ModelConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> "ModelConfig":
-        try:
-            raw = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise LayerskipError(f"missing config.json in {Path(path).parent}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise LayerskipError(f"corrupt {path}: {exc}") from None
-        if not isinstance(raw, dict):
-            raise LayerskipError(f"corrupt {path}: expected a JSON object")
+        raw = read_json_object(path, f"corrupt {path}", f"missing config.json in {Path(path).parent}")
         return cls.from_dict(raw)
 
     def to_hf_dict(self) -> dict[str, Any]:

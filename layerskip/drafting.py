@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from layerskip.cache import ExitCache, KVCache
+from layerskip.draft_length import ConfidenceThreshold, FixedLength, LengthPolicy
 from layerskip.model import LlamaForCausalLM
 from layerskip.sampling import SamplingConfig, process_logits, select
 
@@ -74,9 +75,50 @@ class Drafter(ABC):
     def update(self, drafted: int, accepted: int) -> None:
         """Called after verification with the number of drafted and accepted tokens."""
 
+    def reset(self) -> None:
+        """Called when a new generation starts."""
+
     def describe(self) -> dict[str, object]:
         """Settings reported in the generation stats."""
         return {"num_speculations": self.max_tokens}
+
+
+class DraftRound:
+    """The tokens of one draft round as they are chosen; every drafter fills one.
+
+    ``add(logits)`` picks the next draft token from the draft's raw logits ``[vocab]`` (greedy or
+    sampled, after the same processors verification applies, with the drafts so far as context)
+    and says whether drafting may go on (not after a stop token, nor when the length policy stops).
+    """
+
+    def __init__(self, state: DecodeState, length: LengthPolicy) -> None:
+        self.state, self.length = state, length
+        self.context = list(state.history)
+        self.tokens: list[int] = []
+        self.probs: list[torch.Tensor] = []
+
+    def add(self, logits: torch.Tensor) -> bool:
+        state = self.state
+        processed = process_logits(logits.view(1, -1), state.sampling, [self.context])
+        choice, q = select(processed, state.sampling, state.generator)
+        token = int(choice[0])
+        self.tokens.append(token)
+        self.context.append(token)
+        if q is not None:
+            self.probs.append(q[0])
+        keep = token not in state.stop_token_ids
+        if keep and isinstance(self.length, ConfidenceThreshold):
+            probs = q if q is not None else processed.softmax(-1)
+            keep = self.length.keep_drafting(float(probs[0, token]))
+        return keep
+
+    @property
+    def last(self) -> int:
+        return self.tokens[-1]
+
+    def draft(self, reuse_layers: int, exit_hidden: torch.Tensor | None) -> Draft:
+        probs = torch.stack(self.probs) if self.probs else None
+        return Draft(self.tokens, probs, reuse_layers, exit_hidden, len(self.tokens))
 
 
 class EarlyExitDrafter(Drafter):
@@ -86,17 +128,20 @@ class EarlyExitDrafter(Drafter):
     exit cache, so verification only runs the draft layers for the last draft token.
     """
 
-    def __init__(self, exit_layer: int, num_speculations: int) -> None:
-        if num_speculations < 1:
-            raise ValueError("num_speculations must be >= 1")
+    def __init__(self, exit_layer: int, num_speculations: int, length: LengthPolicy | None = None) -> None:
         if exit_layer < 1:
             raise ValueError("exit_layer must be >= 1")
         self.exit_layer = exit_layer
-        self.max_tokens = num_speculations
+        self.length = length or FixedLength(num_speculations)
+        self.max_tokens = self.length.max_tokens
+        self._limit = 0
         self._exit_cache: ExitCache | None = None
 
     def describe(self) -> dict[str, object]:
         return {"exit_layer": self.exit_layer, "num_speculations": self.max_tokens}
+
+    def update(self, drafted: int, accepted: int) -> None:
+        self.length.update(drafted, accepted, self._limit)
 
     def _cache_for(self, state: DecodeState) -> ExitCache:
         model, batch = state.model, state.cache.batch_size
@@ -113,33 +158,19 @@ class EarlyExitDrafter(Drafter):
         return cache
 
     def propose(self, state: DecodeState, limit: int) -> Draft:
-        n_max = min(limit, self.max_tokens)
+        self._limit = n_max = min(limit, self.length.round_limit())
         if n_max <= 0:
             return Draft()
         if self.exit_layer >= state.model.num_layers:
             raise ValueError(f"exit_layer {self.exit_layer} must be below the model's {state.model.num_layers} layers")
         model, exit_cache = state.model, self._cache_for(state)
-        context = list(state.history)
-        tokens: list[int] = []
-        probs: list[torch.Tensor] = []
-        token = torch.tensor([[state.pending]], device=model.device)
+        drafts = DraftRound(state, self.length)
+        token = state.pending
         for i in range(n_max):
-            hidden = model.run_layers(model.embed(token), 0, self.exit_layer, state.cache, state.slot + i)
+            ids = torch.tensor([[token]], device=model.device)
+            hidden = model.run_layers(model.embed(ids), 0, self.exit_layer, state.cache, state.slot + i)
             exit_cache.append(hidden)
-            logits = process_logits(model.unembed(hidden)[:, -1].float(), state.sampling, [context])
-            choice, q = select(logits, state.sampling, state.generator)
-            next_id = int(choice[0])
-            tokens.append(next_id)
-            context.append(next_id)
-            if q is not None:
-                probs.append(q[0])
-            if next_id in state.stop_token_ids:
+            if not drafts.add(model.unembed(hidden)[0, -1].float()):
                 break
-            token = choice.view(1, 1)
-        return Draft(
-            tokens=tokens,
-            probs=torch.stack(probs) if probs else None,
-            reuse_layers=self.exit_layer,
-            exit_hidden=exit_cache.valid(),
-            forwards=len(tokens),
-        )
+            token = drafts.last
+        return drafts.draft(self.exit_layer, exit_cache.valid())

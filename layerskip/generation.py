@@ -15,9 +15,11 @@ import torch
 
 from layerskip.cache import KVCache
 from layerskip.drafting import DecodeState, Draft, Drafter
+from layerskip.dynamic_exit import dynamic_exit_logits
+from layerskip.exit_criteria import ExitCriterion
 from layerskip.model import LlamaForCausalLM
 from layerskip.sampling import SamplingConfig, process_logits, select
-from layerskip.verification import verify
+from layerskip.verification import Verdict, verify
 
 #: called with the new tokens of a round and how many of them were accepted drafts
 TokenCallback = Callable[[list[int], int], None]
@@ -47,6 +49,8 @@ class GenerationStats:
     verify_forwards: int = 0
     exit_layer: int | None = None
     num_speculations: int | None = None
+    mean_exit_layer: float | None = None
+    exit_layer_histogram: dict[int, int] | None = None
     stop_reason: str = "max_steps"
     time_to_first_token: float = 0.0
     total_time: float = 0.0
@@ -100,13 +104,18 @@ def generate(
     depth: int | None = None,
     on_tokens: TokenCallback | None = None,
     decode: Callable[[list[int]], str] | None = None,
+    exit_criterion: ExitCriterion | None = None,
 ) -> GenerationResult:
     """Generate up to ``config.max_steps`` tokens after ``prompt_ids`` (batch 1).
 
     ``depth``: layers of the target model (default all; fewer = early-exit inference).
     ``drafter``: None for autoregressive decoding, else self-speculative decoding with it.
     ``decode``: token ids -> text, needed only for ``stop_words``.
+    ``exit_criterion``: autoregressive dynamic early exit (no drafter): each token leaves at the
+    first layer the criterion accepts, at most ``depth`` (``layerskip.dynamic_exit``).
     """
+    if exit_criterion is not None and drafter is not None:
+        raise ValueError("a dynamic exit criterion for the target excludes a drafter (give the criterion to the drafter)")
     if not prompt_ids:
         raise ValueError("empty prompt")
     depth = model.num_layers if depth is None else depth
@@ -124,11 +133,13 @@ def generate(
     stop_ids = frozenset(config.stop_token_ids)
     stats = GenerationStats()
     if drafter is not None:
+        drafter.reset()
         for key, value in drafter.describe().items():
             if hasattr(stats, key):
                 setattr(stats, key, value)
     elif depth < model.num_layers:
         stats.exit_layer = depth
+    exits: list[int] = []
 
     _synchronize(device)
     start_time = time.perf_counter()
@@ -153,7 +164,13 @@ def generate(
     while not stopped and len(generated) < config.max_steps:
         remaining = config.max_steps - len(generated)
         draft = drafter.propose(state, remaining - 1) if drafter else Draft()
-        verdict = verify(state, draft, depth)
+        if exit_criterion is not None:
+            logits, exit_layer = dynamic_exit_logits(model, state.pending, cache, state.slot, exit_criterion, depth)
+            exits.append(exit_layer)
+            choice, _ = select(process_logits(logits.view(1, -1), config.sampling, [state.history]), config.sampling, generator)
+            verdict = Verdict([int(choice[0])], 0)
+        else:
+            verdict = verify(state, draft, depth)
         stats.draft_forwards += draft.forwards
         stats.verify_forwards += 1
         stats.drafted_tokens += len(draft)
@@ -186,6 +203,10 @@ def generate(
         stats.acceptance_rate = stats.accepted_tokens / stats.drafted_tokens
     if stats.verify_forwards:
         stats.mean_tokens_per_verification = (len(generated) - 1) / stats.verify_forwards
+    exits = exits or list(getattr(drafter, "exit_layers", []))
+    if exits:
+        stats.mean_exit_layer = sum(exits) / len(exits)
+        stats.exit_layer_histogram = {layer: exits.count(layer) for layer in sorted(set(exits))}
     stats.time_per_token = stats.total_time / len(generated)
     stats.tokens_per_second = len(generated) / stats.total_time if stats.total_time > 0 else 0.0
     return GenerationResult(generated, stats)

@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,8 +32,8 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parent / "models" / DEFAULT_MODEL
 
 
-def recommended_settings(path: Path) -> dict[str, int]:
-    """The checkpoint's recommended draft settings (``exit_layer``, ``num_speculations``), if it has any."""
+def recommended_settings(path: Path) -> dict[str, Any]:
+    """The checkpoint's recommended draft configuration (``DraftConfig`` fields), if it has one."""
     file = path / RECOMMENDED_FILE
     if not file.exists():
         return {}
@@ -40,7 +41,9 @@ def recommended_settings(path: Path) -> dict[str, int]:
         raw = json.loads(file.read_text()).get("recommended", {})
     except (json.JSONDecodeError, AttributeError) as exc:
         raise LayerskipError(f"corrupt {file}: {exc}") from None
-    return {k: int(v) for k, v in raw.items() if k in ("exit_layer", "num_speculations")}
+    if not isinstance(raw, dict):
+        raise LayerskipError(f"corrupt {file}: 'recommended' must be an object")
+    return raw
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -193,7 +196,7 @@ class LoadedModel:
     path: Path
     model: LlamaForCausalLM
     tokenizer: object
-    recommended: dict[str, int]
+    recommended: dict[str, Any]
 
 
 def load(model: str | None = None, device: str = "auto", dtype: str = "auto") -> LoadedModel:

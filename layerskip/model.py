@@ -204,6 +204,22 @@ class LlamaForCausalLM(nn.Module):
                 hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return hidden
 
+    def propagate_state(self, hidden: torch.Tensor, first: int, last: int, cache: KVCache, start: int) -> None:
+        """Fill the K/V of layers ``first..last-1`` at slots ``start..`` from one hidden state
+        ``h_first`` ``[batch, T, dim]`` (CALM's state propagation, Schuster et al. 2022): each skipped
+        layer gets keys/values projected from the exit state, so later tokens find valid entries.
+        Costs two projections per layer instead of a full layer."""
+        b, t, _ = hidden.shape
+        positions = torch.arange(start, start + t, device=hidden.device).expand(b, t)
+        cos, sin = self.rotary().cos_sin(positions, start + t)
+        for i in range(first, last):
+            layer = self.model.layers[i]
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            k = attn.k_proj(x).view(b, t, attn.n_kv, attn.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(b, t, attn.n_kv, attn.head_dim).transpose(1, 2)
+            cache.write(i, start, apply_rotary(k, cos, sin), v)
+
     def forward(
         self,
         tokens: torch.Tensor,

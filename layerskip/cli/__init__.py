@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from layerskip import __version__
-from layerskip.cli import generate, train
+from layerskip.cli import benchmark, correctness, evaluate, generate, sweep, train, tune
 from layerskip.cli.arguments import ArgumentParser
 from layerskip.errors import LayerskipError
 
@@ -16,6 +16,11 @@ def build_parser() -> ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     generate.register(subparsers)
     train.register(subparsers)
+    benchmark.register(subparsers)
+    sweep.register(subparsers)
+    correctness.register(subparsers)
+    tune.register(subparsers)
+    evaluate.register(subparsers)
     return parser
 
 

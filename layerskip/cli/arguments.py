@@ -69,3 +69,34 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     add(group, "no_repeat_ngram_size", type=int, default=None)
     add(group, "stop_words", nargs="*", default=None, help="stop when any of these strings is generated")
     add(group, "stop_token_ids", type=int, nargs="*", default=None, help="extra token ids that end generation")
+    drafts = parser.add_argument_group("draft strategies (see layerskip.exit_criteria, layerskip.draft_length)")
+    add(drafts, "criteria", default=None,
+        help="dynamic early exit: cosine_similarity, token_repeat (consistent_tokens), max_probability (logits_current), "
+             "top2_margin, entropy_based, convergence, random, logits_future; --exit_layer is then the deepest exit")
+    drafts.add_argument("--dynamic_early_exit_mode", "--dynamic-early-exit-mode", dest="criteria", help="alias of --criteria")
+    add(drafts, "criteria_threshold", type=float, default=None, help="the criterion's threshold (default: its documented one)")
+    add(drafts, "criteria_patience", type=int, default=None, help="token_repeat: consecutive layers that must agree (3)")
+    add(drafts, "criteria_temperature", type=float, default=None, help="entropy_based: softmax temperature (1.0)")
+    add(drafts, "criteria_high", type=float, default=None, help="logits_future: confidence that moves the exit down (0.9)")
+    add(drafts, "criteria_low", type=float, default=None, help="logits_future: confidence that moves the exit up (0.5)")
+    add(drafts, "skip_layers", default=None, help='layer-skip draft: \'{"attn": [..], "mlp": [..]}\' sublayers to skip')
+    add(drafts, "layer_skip_proportion", type=float, default=None, help="layer-skip draft: skip each draft layer with this probability")
+    add(drafts, "draft_length", default=None, choices=["fixed", "threshold", "heuristic"],
+        help="fixed k; threshold: stop below a confidence (Draft & Verify, adapted online); heuristic: k+2 / k-1")
+    add(drafts, "confidence_threshold", type=float, default=None, help="draft_length threshold: initial gamma (0.6)")
+    add(drafts, "draft_config", default=None, help="a draft configuration JSON (from layerskip tune); flags override it")
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    from layerskip.evaluation.datasets import DATASETS
+
+    group = parser.add_argument_group("dataset")
+    add(group, "dataset", default="human_eval", choices=DATASETS)
+    add(group, "data_path", default=None, help="local data: a JSONL file, a directory with test/train.jsonl, or a save_to_disk directory")
+    add(group, "random_shuffle", type=bool, default=True)
+    add(group, "num_samples", type=int, default=None)
+    add(group, "n_shot", type=int, default=0)
+    add(group, "template", default=None, help="format string with {message} wrapped around each prompt")
+    add(group, "prompt_field", default="prompt", help="custom_jsonl: the prompt field")
+    add(group, "response_field", default="response", help="custom_jsonl: the reference field")
+    add(group, "no_progress", type=bool, default=False, help="no progress bar")

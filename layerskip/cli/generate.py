@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         streamer = None
         if not args.json and args.streamer != "none":
             streamer = TextStreamer(decode, sys.stdout, colour=args.streamer == "speculative")
-        result = generate(model, prompt_ids, config, chosen.drafter, chosen.depth, streamer, decode)
+        result = generate(model, prompt_ids, config, chosen.drafter, chosen.depth, streamer, decode, chosen.criterion)
         if args.json:
             out = {
                 "model": str(loaded.path),

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 
-from layerskip.drafting import Drafter, EarlyExitDrafter
+from layerskip.draft_config import DraftConfig, load_draft_config, parse_skip_layers
 from layerskip.errors import LayerskipError
 from layerskip.generation import GenerationConfig
 from layerskip.model import LlamaForCausalLM
 from layerskip.sampling import SamplingConfig
-
-
-@dataclass(frozen=True)
-class Strategy:
-    """A drafter (None: autoregressive) and the target depth."""
-
-    drafter: Drafter | None
-    depth: int
+from layerskip.strategy import Strategy, strategy_from_config
 
 
 def model_eos_ids(model: LlamaForCausalLM, tokenizer: object) -> tuple[int, ...]:
@@ -46,26 +38,30 @@ def generation_config(args: argparse.Namespace, eos_ids: tuple[int, ...]) -> Gen
     return GenerationConfig(args.max_steps, sampling, stop_ids, stop_words, args.seed)
 
 
-def strategy(args: argparse.Namespace, model: LlamaForCausalLM, recommended: dict[str, int] | None = None) -> Strategy:
+def draft_config(args: argparse.Namespace, recommended: dict | None = None) -> DraftConfig:
+    """The draft settings: the --draft_config file (else, for self_speculative, the model's
+    recommendation), then the flags on top."""
+    if getattr(args, "draft_config", None):
+        base = load_draft_config(args.draft_config)
+    elif args.generation_strategy == "self_speculative" and recommended:
+        base = DraftConfig.from_dict(recommended, "the model's recommended setting")
+    else:
+        base = DraftConfig()
+    exit_layer = args.exit_layer if args.exit_layer is None or args.exit_layer >= 0 else None  # upstream -1: unset
+    k = args.num_speculations if args.num_speculations is None or args.num_speculations >= 0 else None
+    skips = parse_skip_layers(args.skip_layers) if getattr(args, "skip_layers", None) else {}
+    return base.merged(
+        exit_layer=exit_layer, num_speculations=k, criteria=args.criteria, threshold=args.criteria_threshold,
+        patience=args.criteria_patience, temperature=args.criteria_temperature, high=args.criteria_high,
+        low=args.criteria_low, layer_skip_proportion=args.layer_skip_proportion, draft_length=args.draft_length,
+        confidence_threshold=args.confidence_threshold, **skips,
+    )
+
+
+def strategy(args: argparse.Namespace, model: LlamaForCausalLM, recommended: dict | None = None) -> Strategy:
     """The drafter and depth the flags ask for; self_speculative falls back on the checkpoint's
     recommended ``exit_layer`` / ``num_speculations`` when a flag is omitted."""
-    layers = model.num_layers
-    exit_layer, k = args.exit_layer, args.num_speculations
-    if args.generation_strategy == "self_speculative" and recommended:
-        exit_layer = recommended.get("exit_layer") if exit_layer is None else exit_layer
-        k = recommended.get("num_speculations") if k is None else k
-    if args.generation_strategy == "autoregressive":
-        if exit_layer is None or exit_layer < 0:  # upstream's -1 means full depth
-            return Strategy(None, layers)
-        if not 1 <= exit_layer <= layers:
-            raise LayerskipError(f"--exit_layer {exit_layer} outside 1..{layers} for this {layers}-layer model")
-        return Strategy(None, exit_layer)
-    if exit_layer is None or k is None:
-        raise LayerskipError(
-            "self_speculative decoding needs --exit_layer and --num_speculations (this model recommends none)"
-        )
-    if not 1 <= exit_layer <= layers - 1:
-        raise LayerskipError(f"--exit_layer {exit_layer} outside 1..{layers - 1} for this {layers}-layer model")
-    if k < 1:
-        raise LayerskipError(f"--num_speculations must be >= 1, got {k}")
-    return Strategy(EarlyExitDrafter(exit_layer, k), layers)
+    config = draft_config(args, recommended)
+    return strategy_from_config(args.generation_strategy, config, model.num_layers, args.seed)
+
+

@@ -1,0 +1,95 @@
+"""``layerskip benchmark``: speed and quality of one or several strategies on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+
+from layerskip.cli.arguments import add, add_dataset_arguments, add_generation_arguments, add_model_arguments
+from layerskip.cli.harness import default_draft, prepare
+from layerskip.cli.settings import draft_config
+from layerskip.draft_config import DraftConfig
+from layerskip.errors import LayerskipError
+from layerskip.evaluation.records import SampleLog, environment, merge_rank_logs, rank_log, run_paths, write_json
+from layerskip.evaluation.runner import aggregate, run_interleaved, summary_table
+from layerskip.evaluation.strategies import StrategySpec, parse_spec
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("benchmark", help="measure speed and quality on a dataset")
+    add_model_arguments(parser)
+    add_generation_arguments(parser)
+    add_dataset_arguments(parser)
+    add(parser, "compare", nargs="*", default=None,
+        help="run several strategies side by side (default with the flag alone: autoregressive self_speculative); "
+             "each [hf:]autoregressive or [hf:]self_speculative[:exit_layer=E,num_speculations=k]")
+    add(parser, "engine", default="layerskip", choices=["layerskip", "transformers", "both"],
+        help="transformers: run Hugging Face generate (assistant_early_exit for self_speculative); both: each strategy in both")
+    add(parser, "allow_code_execution", type=bool, default=False,
+        help="human_eval: execute the generated code against the problem's tests (pass@1); untrusted code!")
+    add(parser, "resume", nargs="?", const=".", default=None,
+        help="continue a run: its _samples.jsonl, its .json, or a directory (its latest run; default: --output_dir)")
+    parser.set_defaults(handler=run)
+
+
+def strategy_specs(args: argparse.Namespace, loaded) -> list[StrategySpec]:
+    defaults = default_draft(args, loaded)
+    engines = {"layerskip": ["layerskip"], "transformers": ["transformers"], "both": ["layerskip", "transformers"]}[args.engine]
+    if args.compare is None:  # the one strategy the generation flags describe
+        if args.generation_strategy == "self_speculative":
+            chosen = [StrategySpec("layerskip", "self_speculative", defaults)]
+        else:
+            ar = draft_config(args)
+            chosen = [StrategySpec("layerskip", "autoregressive", DraftConfig(
+                exit_layer=ar.exit_layer, criteria=ar.criteria, threshold=ar.threshold, patience=ar.patience,
+                temperature=ar.temperature, high=ar.high, low=ar.low))]
+    else:
+        chosen = [parse_spec(name, defaults) for name in (args.compare or ["autoregressive", "self_speculative"])]
+    specs: list[StrategySpec] = []
+    for engine in engines:
+        for spec in chosen:
+            if engine == "transformers" and spec.engine == "layerskip":
+                spec = StrategySpec("transformers", spec.name, spec.draft)
+            if spec not in specs:
+                specs.append(spec)
+    return specs
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume == ".":
+        args.resume = args.output_dir
+    harness = prepare(args)
+    specs = strategy_specs(args, harness.loaded)
+    harness.ensure_engines(specs)
+    json_path, samples_path = harness.world.broadcast(run_paths(args.output_dir, "benchmark", args.dataset, args.resume))
+    world = harness.world
+    log = rank_log(samples_path, world.size, world.rank)
+    done = {(r["sample_id"], r["strategy"]) for r in SampleLog(samples_path).read() + (log.read() if world.size > 1 else [])}
+    execute = args.allow_code_execution and args.dataset == "human_eval"
+    if args.allow_code_execution and args.dataset != "human_eval":
+        raise LayerskipError("--allow_code_execution only applies to --dataset human_eval")
+    run_interleaved(world.shard(harness.samples), specs, harness.engines, harness.encode, harness.config, log, done,
+                    execute, world.rank, progress=not args.no_progress and world.is_main)
+    world.barrier()
+    if not world.is_main:
+        return 0
+    labels = {s.label for s in specs}
+    records = [r for r in merge_rank_logs(samples_path, world.size) if r["strategy"] in labels]
+    aggregates = aggregate(records, specs)
+    document = {
+        "command": "benchmark",
+        "arguments": vars(args) | {"handler": None},
+        "generation": asdict(harness.config),
+        "model": str(harness.loaded.path),
+        "strategies": [s.label for s in specs],
+        "num_samples": len(harness.samples),
+        "world_size": world.size,
+        "environment": environment(harness.loaded.model.device, harness.loaded.model.dtype),
+        "samples_file": str(samples_path),
+        "results": aggregates,
+    }
+    write_json(json_path, document)
+    print(summary_table(aggregates))
+    print(f"results: {json_path}\nsamples: {samples_path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,99 @@
+"""``layerskip tune``: Bayesian search for the fastest draft configuration on calibration prompts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from layerskip.cli.arguments import add, add_dataset_arguments, add_generation_arguments, add_model_arguments
+from layerskip.cli.harness import default_draft, prepare
+from layerskip.draft_config import DraftConfig
+from layerskip.errors import LayerskipError
+from layerskip.loading import RECOMMENDED_FILE
+from layerskip.sampling import SamplingConfig
+from layerskip.tuning import tune
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("tune", help="search exit layer, k, skip sets, criteria and thresholds for speed")
+    add_model_arguments(parser)
+    add_generation_arguments(parser)
+    add_dataset_arguments(parser)
+    add(parser, "trials", type=int, default=30, help="number of configurations to try")
+    add(parser, "time_budget", type=float, default=None, help="stop searching after this many seconds")
+    add(parser, "max_speculations", type=int, default=8, help="largest k to try")
+    add(parser, "modes", nargs="+", default=["early_exit", "layer_skip", "dynamic_exit"],
+        choices=["early_exit", "layer_skip", "dynamic_exit"], help="kinds of draft to search")
+    add(parser, "output", default=None, help="draft config file to write (default: OUTPUT_DIR/draft_config.json)")
+    add(parser, "save_recommended", type=bool, default=False,
+        help="also store the best configuration as the model's recommended setting (layerskip.json)")
+    parser.set_defaults(handler=run, num_samples=4, max_steps=64, sample=False, generation_strategy="self_speculative")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.trials < 1:
+        raise LayerskipError("--trials must be >= 1")
+    harness = prepare(args)
+    model = harness.loaded.model
+    config = harness.config
+    if config.sampling.sample:
+        print("tune: measuring with greedy decoding (--sample ignored)", file=sys.stderr)
+        from dataclasses import replace
+
+        config = replace(config, sampling=SamplingConfig(sample=False))
+    prompts = [harness.encode(s.prompt) for s in harness.samples]
+    default = default_draft(args, harness.loaded)
+    if default.exit_layer is None or default.num_speculations is None:
+        default = None
+    bar = tqdm(total=args.trials, desc="tune", disable=args.no_progress, file=sys.stderr)
+
+    def on_trial(n: int, value: float, best: float) -> None:
+        bar.update(1)
+        bar.set_postfix(tok_s=f"{value:.1f}", best=f"{best:.1f}")
+
+    result = tune(model, prompts, config, args.trials, args.time_budget, args.seed, args.max_speculations,
+                  args.modes, default, on_trial)
+    bar.close()
+    out = Path(args.output or Path(args.output_dir) / "draft_config.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    measured = {"tokens_per_second": result.best_tokens_per_second,
+                "autoregressive_tokens_per_second": result.autoregressive_tokens_per_second,
+                "speedup": result.best_tokens_per_second / result.autoregressive_tokens_per_second,
+                "default": default.to_dict() if default else None,
+                "default_tokens_per_second": result.default_tokens_per_second,
+                "beats_default": result.beats_default, "trials": result.trials, "dataset": args.dataset,
+                "prompts": len(prompts), "max_steps": config.max_steps, "model": str(harness.loaded.path)}
+    out.write_text(json.dumps({"draft": result.best.to_dict(), "measured": measured, "history": result.history}, indent=2) + "\n")
+    print(f"autoregressive: {result.autoregressive_tokens_per_second:.1f} tok/s")
+    if result.default_tokens_per_second is not None:
+        print(f"default ({default.label()}): {result.default_tokens_per_second:.1f} tok/s")
+    print(f"best ({result.best.label()}): {result.best_tokens_per_second:.1f} tok/s "
+          f"({measured['speedup']:.2f}x over autoregressive)")
+    if not result.beats_default:
+        print("the search found nothing faster than the default on these prompts: keep the default "
+              "(the tuned file still records the best candidate)")
+    if args.save_recommended:
+        if not result.beats_default:
+            print("not saved as the recommendation: it does not beat the current one", file=sys.stderr)
+        else:
+            save_recommendation(harness.loaded.path, result.best)
+            print(f"saved as the recommended setting in {harness.loaded.path / RECOMMENDED_FILE}", file=sys.stderr)
+    print(f"draft config: {out}", file=sys.stderr)
+    return 0
+
+
+def save_recommendation(model_dir: Path, draft: DraftConfig) -> None:
+    path = model_dir / RECOMMENDED_FILE
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError as exc:
+        raise LayerskipError(f"corrupt {path}: {exc}") from None
+    data["recommended"] = draft.to_dict()
+    try:
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise LayerskipError(f"cannot write {path}: {exc.strerror}") from None

