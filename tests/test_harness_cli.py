@@ -30,6 +30,7 @@ def test_benchmark_compare_writes_valid_json_and_samples(tiny_dir, tmp_path, cap
     assert doc["environment"]["packages"]["torch"] and doc["environment"]["dtype"] == "float32"
     spec = doc["results"]["self_speculative:exit_layer=2,num_speculations=3"]
     assert spec["samples"] == 2 and spec["speedup"] > 0
+    assert spec["matches_autoregressive"] == 1.0 and doc["results"]["autoregressive"]["matches_autoregressive"] == 1.0
     assert set(spec["speed"]["tokens_per_second"]) == {"mean", "std", "n"}
     assert "pass@1" in spec["quality"] and "rougeL" in spec["quality"]
     records = [json.loads(line) for line in next(out.glob("benchmark_*_samples.jsonl")).read_text().splitlines()]
@@ -58,6 +59,7 @@ def test_benchmark_transformers_engine_side_by_side(tiny_dir, tmp_path, capsys):
     doc = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
     hf = doc["results"]["hf:self_speculative:exit_layer=2,num_speculations=3"]
     assert hf["engine"] == "transformers" and hf["samples"] == 2 and "speedup" in hf
+    assert hf["matches_autoregressive"] == 1.0  # against hf:autoregressive
     records = [json.loads(line) for line in next(tmp_path.glob("*_samples.jsonl")).read_text().splitlines()]
     by = {(r["sample_id"], r["strategy"]): r["token_ids"] for r in records}
     for sid in {r["sample_id"] for r in records}:

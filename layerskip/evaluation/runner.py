@@ -95,6 +95,8 @@ def aggregate(records: Sequence[dict[str, Any]], specs: Sequence[StrategySpec]) 
                             if any(k in r["metrics"] for r in rows)}
         out[spec.label] = entry
     for spec in specs:
+        out[spec.label]["matches_autoregressive"] = _agreement(by_strategy.get(spec.label, []),
+                                                               by_strategy.get(spec.baseline().label, []))
         base = out.get(spec.baseline().label)
         mine = out[spec.label]["speed"]["tokens_per_second"]["mean"]
         if base and base["speed"]["tokens_per_second"]["mean"] and mine:
@@ -105,9 +107,17 @@ def aggregate(records: Sequence[dict[str, Any]], specs: Sequence[StrategySpec]) 
     return out
 
 
+def _agreement(rows: Sequence[dict[str, Any]], baseline_rows: Sequence[dict[str, Any]]) -> float | None:
+    """Fraction of samples whose generated token ids equal the same engine's autoregressive run's
+    (1.0 for any lossless greedy strategy; what autoregressive early exit gives up)."""
+    base = {r["sample_id"]: r["token_ids"] for r in baseline_rows}
+    pairs = [(r["token_ids"], base[r["sample_id"]]) for r in rows if r["sample_id"] in base]
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else None
+
+
 def summary_table(aggregates: Mapping[str, Any]) -> str:
     """A plain-text table of the aggregates for the terminal."""
-    columns = ["strategy", "tok/s", "speed-up", "accept", "tok/verif", "ttft ms", "ROUGE-L", "BLEU", "EM", "pass@1"]
+    columns = ["strategy", "tok/s", "speed-up", "accept", "tok/verif", "ttft ms", "=AR", "ROUGE-L", "BLEU", "EM", "pass@1"]
     rows = []
     for label, a in aggregates.items():
         s, q = a["speed"], a["quality"]
@@ -118,6 +128,7 @@ def summary_table(aggregates: Mapping[str, Any]) -> str:
         rows.append([label, fmt(s["tokens_per_second"], digits=1),
                      f"{a['speedup']:.2f}x" if a.get("speedup") else "-", fmt(s["acceptance_rate"]),
                      fmt(s["mean_tokens_per_verification"], digits=2), fmt(s["time_to_first_token"], 1000, 1),
+                     "-" if a.get("matches_autoregressive") is None else f"{a['matches_autoregressive']:.2f}",
                      fmt(q.get("rougeL")), fmt(q.get("bleu"), digits=2), fmt(q.get("exact_match")), fmt(q.get("pass@1"))])
     widths = [max(len(str(r[i])) for r in [columns, *rows]) for i in range(len(columns))]
     line = lambda r: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
