@@ -51,9 +51,10 @@ class DraftConfig:
         return make_criterion(self.criteria, **options)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if v not in (None, (), 0.0) or k in ("exit_layer", "num_speculations")}
-        if self.draft_length == "fixed":
-            out.pop("draft_length", None)
+        """The fields that differ from their defaults (always exit_layer and num_speculations)."""
+        defaults = DraftConfig()
+        out = {k: v for k, v in asdict(self).items()
+               if v != getattr(defaults, k) or k in ("exit_layer", "num_speculations")}
         for key in ("skip_attn", "skip_mlp"):
             if key in out:
                 out[key] = list(out[key])

@@ -38,6 +38,17 @@ def test_generate_autoregressive_dynamic_exit_reports_exit_layers(tiny_dir, caps
         assert stats["mean_exit_layer"] is not None and sum(stats["exit_layer_histogram"].values()) == 9
 
 
+def test_benchmark_reports_what_autoregressive_dynamic_exit_gives_up(tiny_dir, tmp_path, capsys):
+    code = main(["benchmark", "--model", str(tiny_dir), *COMMON, "--output_dir", str(tmp_path),
+                 "--compare", "autoregressive", "autoregressive:e=4,criteria=top2_margin,threshold=0.0"])
+    assert code == 0 and "exit" in capsys.readouterr().out
+    doc = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
+    dynamic = doc["results"]["autoregressive:exit_layer=4,criteria=top2_margin,threshold=0.0"]
+    assert dynamic["speed"]["mean_exit_layer"]["mean"] < 4  # every margin of a random tiny model exits early
+    assert 0.0 <= dynamic["matches_autoregressive"] <= 1.0
+    assert doc["results"]["autoregressive"]["speed"]["mean_exit_layer"]["mean"] is None
+
+
 def test_tune_writes_a_config_that_other_commands_accept(tiny_dir, tmp_path, capsys):
     out = tmp_path / "draft.json"
     code = main(["tune", "--model", str(tiny_dir), "--dataset", "human_eval", "--num_samples", "2", "--max_steps", "12",

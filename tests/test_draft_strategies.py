@@ -197,6 +197,9 @@ def test_draft_config_round_trip_and_errors(tmp_path):
     path = tmp_path / "draft.json"
     path.write_text(json.dumps({"draft": config.to_dict(), "measured": {}}))
     assert load_draft_config(str(path)) == config
+    zero = DraftConfig(exit_layer=3, num_speculations=2, criteria="top2_margin", threshold=0.0)
+    path.write_text(json.dumps({"draft": zero.to_dict()}))
+    assert load_draft_config(str(path)) == zero and "threshold=0.0" in zero.label()  # 0.0 is a value, not "unset"
     path.write_text(json.dumps({"exit_layer": 2, "num_speculations": 3, "skip_layers": {"attn": [1]}}))
     assert load_draft_config(str(path)).skip_attn == (1,)
     path.write_text(json.dumps({"exit_layers": 2}))

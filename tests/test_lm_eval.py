@@ -59,7 +59,6 @@ def test_generate_until_stops_and_records_speed(lm):
     assert speed["acceptance_rate"] is not None
 
 
-@pytest.mark.skipif(not (ROOT / "layerskip/models/layerskip-pycode/model.safetensors").exists(), reason="TEMPORARY until the model ships")
 def test_eval_local_tasks_offline_on_the_shipped_model(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -16,7 +16,7 @@ from layerskip.evaluation.strategies import Output, StrategySpec
 from layerskip.generation import GenerationConfig
 
 SPEED_KEYS = ("acceptance_rate", "mean_tokens_per_verification", "time_to_first_token", "total_time",
-              "time_per_token", "tokens_per_second", "generated_tokens")
+              "time_per_token", "tokens_per_second", "generated_tokens", "mean_exit_layer")
 QUALITY_KEYS = ("rouge1", "rouge2", "rouge3", "rougeL", "bleu", "exact_match", "edit_distance", "pass@1")
 
 Engine = Any  # LayerskipEngine | TransformersEngine: run(spec, prompt_ids, config) -> Output
@@ -117,7 +117,7 @@ def _agreement(rows: Sequence[dict[str, Any]], baseline_rows: Sequence[dict[str,
 
 def summary_table(aggregates: Mapping[str, Any]) -> str:
     """A plain-text table of the aggregates for the terminal."""
-    columns = ["strategy", "tok/s", "speed-up", "accept", "tok/verif", "ttft ms", "=AR", "ROUGE-L", "BLEU", "EM", "pass@1"]
+    columns = ["strategy", "tok/s", "speed-up", "accept", "tok/verif", "ttft ms", "exit", "=AR", "ROUGE-L", "BLEU", "EM", "pass@1"]
     rows = []
     for label, a in aggregates.items():
         s, q = a["speed"], a["quality"]
@@ -127,7 +127,7 @@ def summary_table(aggregates: Mapping[str, Any]) -> str:
 
         rows.append([label, fmt(s["tokens_per_second"], digits=1),
                      f"{a['speedup']:.2f}x" if a.get("speedup") else "-", fmt(s["acceptance_rate"]),
-                     fmt(s["mean_tokens_per_verification"], digits=2), fmt(s["time_to_first_token"], 1000, 1),
+                     fmt(s["mean_tokens_per_verification"], digits=2), fmt(s["time_to_first_token"], 1000, 1), fmt(s.get("mean_exit_layer"), digits=1),
                      "-" if a.get("matches_autoregressive") is None else f"{a['matches_autoregressive']:.2f}",
                      fmt(q.get("rougeL")), fmt(q.get("bleu"), digits=2), fmt(q.get("exact_match")), fmt(q.get("pass@1"))])
     widths = [max(len(str(r[i])) for r in [columns, *rows]) for i in range(len(columns))]
