@@ -28,6 +28,7 @@ def test_benchmark_compare_writes_valid_json_and_samples(tiny_dir, tmp_path, cap
     for key in ("arguments", "generation", "environment", "results"):
         assert key in doc
     assert doc["environment"]["packages"]["torch"] and doc["environment"]["dtype"] == "float32"
+    assert "git_commit" in doc["environment"] and "git_dirty" in doc["environment"]
     spec = doc["results"]["self_speculative:exit_layer=2,num_speculations=3"]
     assert spec["samples"] == 2 and spec["speedup"] > 0
     assert spec["matches_autoregressive"] == 1.0 and doc["results"]["autoregressive"]["matches_autoregressive"] == 1.0
