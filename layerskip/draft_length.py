@@ -21,6 +21,8 @@ LENGTH_POLICIES = ("fixed", "threshold", "heuristic")
 
 class LengthPolicy(ABC):
     max_tokens: int
+    #: whether ``keep_drafting`` looks at the draft probability (the others skip computing it)
+    uses_confidence: bool = False
 
     @abstractmethod
     def round_limit(self) -> int:
@@ -48,6 +50,8 @@ class FixedLength(LengthPolicy):
 
 
 class ConfidenceThreshold(LengthPolicy):
+    uses_confidence = True
+
     def __init__(self, k: int, gamma: float = 0.6, beta1: float = 0.5, alpha: float = 0.9, epsilon: float = 0.01,
                  beta2: float = 0.9, update: bool = True) -> None:
         if k < 1:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from layerskip.cache import ExitCache, KVCache
-from layerskip.draft_length import ConfidenceThreshold, FixedLength, LengthPolicy
+from layerskip.draft_length import FixedLength, LengthPolicy
 from layerskip.model import LlamaForCausalLM
 from layerskip.sampling import SamplingConfig, process_logits, select
 
@@ -96,25 +96,23 @@ class DraftRound:
         self.context = list(state.history)
         self.tokens: list[int] = []
         self.probs: list[torch.Tensor] = []
+        self.last_ids = torch.tensor([[state.pending]], device=state.model.device)
 
     def add(self, logits: torch.Tensor) -> bool:
         state = self.state
         processed = process_logits(logits.view(1, -1), state.sampling, [self.context])
         choice, q = select(processed, state.sampling, state.generator)
         token = int(choice[0])
+        self.last_ids = choice.view(1, 1)  # the next draft input, kept on the device
         self.tokens.append(token)
         self.context.append(token)
         if q is not None:
             self.probs.append(q[0])
         keep = token not in state.stop_token_ids
-        if keep and isinstance(self.length, ConfidenceThreshold):
+        if keep and self.length.uses_confidence:
             probs = q if q is not None else processed.softmax(-1)
             keep = self.length.keep_drafting(float(probs[0, token]))
         return keep
-
-    @property
-    def last(self) -> int:
-        return self.tokens[-1]
 
     def draft(self, reuse_layers: int, exit_hidden: torch.Tensor | None) -> Draft:
         probs = torch.stack(self.probs) if self.probs else None
@@ -165,12 +163,9 @@ class EarlyExitDrafter(Drafter):
             raise ValueError(f"exit_layer {self.exit_layer} must be below the model's {state.model.num_layers} layers")
         model, exit_cache = state.model, self._cache_for(state)
         drafts = DraftRound(state, self.length)
-        token = state.pending
         for i in range(n_max):
-            ids = torch.tensor([[token]], device=model.device)
-            hidden = model.run_layers(model.embed(ids), 0, self.exit_layer, state.cache, state.slot + i)
+            hidden = model.run_layers(model.embed(drafts.last_ids), 0, self.exit_layer, state.cache, state.slot + i)
             exit_cache.append(hidden)
             if not drafts.add(model.unembed(hidden)[0, -1].float()):
                 break
-            token = drafts.last
         return drafts.draft(self.exit_layer, exit_cache.valid())

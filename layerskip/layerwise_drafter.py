@@ -65,12 +65,12 @@ class LayerwiseDrafter(Drafter):
         dropped = {l for l in range(self.max_exit) if self.rng.random() < self.skip_proportion}
         return SkipSet(self.skip.attn | dropped, self.skip.mlp | dropped)
 
-    def _draft_one(self, state: DecodeState, token: int, slot: int) -> tuple[torch.Tensor, list[torch.Tensor], int, int]:
-        """Run one token: (logits at its exit ``[vocab]``, hidden states ``h_0..h_exit``, exit layer,
+    def _draft_one(self, state: DecodeState, ids: torch.Tensor, slot: int) -> tuple[torch.Tensor, list[torch.Tensor], int, int]:
+        """Run one token (``ids`` ``[1, 1]``): (logits at its exit ``[vocab]``, hidden states ``h_0..h_exit``, exit layer,
         first layer whose K/V or output is not the full model's)."""
         model = state.model
         skips = self.token_skips()
-        hidden = model.embed(torch.tensor([[token]], device=model.device))
+        hidden = model.embed(ids)
         states = [hidden]
         exact_below = self.max_exit
         if self.criterion is not None:
@@ -105,15 +105,13 @@ class LayerwiseDrafter(Drafter):
         drafts = DraftRound(state, self.length)
         all_states: list[list[torch.Tensor]] = []
         reuse = self.max_exit
-        token = state.pending
         for i in range(n_max):
-            logits, states, exit_layer, exact_below = self._draft_one(state, token, state.slot + i)
+            logits, states, exit_layer, exact_below = self._draft_one(state, drafts.last_ids, state.slot + i)
             self.exit_layers.append(exit_layer)
             reuse = min(reuse, exact_below)
             all_states.append(states)
             if not drafts.add(logits):
                 break
-            token = drafts.last
         exit_hidden = torch.cat([s[reuse] for s in all_states], dim=1) if reuse > 0 else None
         return drafts.draft(reuse, exit_hidden)
 
