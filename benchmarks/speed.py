@@ -8,6 +8,9 @@ identical, and prints tokens/s, acceptance and the speed-up over autoregressive 
     python benchmarks/speed.py --exit_layer 1 2 3 4 --num_speculations 4 6
     python benchmarks/speed.py --model DIR --exit_layer 8 --num_speculations 6
     python benchmarks/speed.py --ceiling --exit_layer 2 --num_speculations 6
+    python benchmarks/speed.py --exit_layer 2 --num_speculations 4 --draft_length heuristic fixed
+
+Settings left out come from the model's recommended draft configuration (``layerskip.json``).
 
 ``--ceiling`` builds an 8-layer model (random weights) whose layers from the exit layer up have
 zero output projections, so early-exit drafts are always accepted: the speed-up ceiling of the
@@ -26,7 +29,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from layerskip.drafting import EarlyExitDrafter
+from layerskip.draft_config import DraftConfig, build_drafter
+from layerskip.draft_length import LENGTH_POLICIES
 from layerskip.generation import GenerationConfig, generate
 from layerskip.loading import default_model_path, load
 from layerskip.sampling import SamplingConfig
@@ -69,6 +73,8 @@ def main() -> None:
     parser.add_argument("--num_samples", type=int, default=10, help="number of HumanEval prompts")
     parser.add_argument("--exit_layer", type=int, nargs="+", default=None)
     parser.add_argument("--num_speculations", type=int, nargs="+", default=None)
+    parser.add_argument("--draft_length", choices=LENGTH_POLICIES, nargs="+", default=None,
+                        help="draft length policies (default: the recommended one, else fixed)")
     parser.add_argument("--max_steps", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--dtype", default="auto")
@@ -82,24 +88,26 @@ def main() -> None:
         model_dir = args.model or str(default_model_path())
     loaded = load(model_dir, args.device, args.dtype)
     model, tok = loaded.model, loaded.tokenizer
-    recommended = loaded.recommended
-    exit_layers = args.exit_layer or [recommended.get("exit_layer", 2)]
-    ks = args.num_speculations or [recommended.get("num_speculations", 4)]
-    settings = list(itertools.product(exit_layers, ks))
+    recommended = DraftConfig.from_dict(loaded.recommended) if loaded.recommended else DraftConfig(exit_layer=2, num_speculations=4)
+    exit_layers = args.exit_layer or [recommended.exit_layer or 2]
+    ks = args.num_speculations or [recommended.num_speculations or 4]
+    lengths = args.draft_length or [recommended.draft_length]
+    settings = [recommended.merged(exit_layer=e, num_speculations=k, draft_length=n)
+                for e, k, n in itertools.product(exit_layers, ks, lengths)]
     cfg = GenerationConfig(max_steps=args.max_steps, sampling=SamplingConfig(sample=False), stop_token_ids=())
     texts = CODE_PROMPTS if args.prompts == "code" else human_eval_prompts(args.num_samples)
     prompts = [tok(p)["input_ids"] for p in texts]
     generate(model, prompts[0], cfg)  # warm-up
-    generate(model, prompts[0], cfg, EarlyExitDrafter(*settings[0]))
+    generate(model, prompts[0], cfg, build_drafter(settings[0], model.num_layers))
     ar_tps: list[float] = []
-    spec: dict[tuple[int, int], dict[str, list[float]]] = {s: {"tps": [], "acc": [], "tpv": []} for s in settings}
+    spec: dict[DraftConfig, dict[str, list[float]]] = {s: {"tps": [], "acc": [], "tpv": []} for s in settings}
     mismatches = 0
     runs = [(r, ids) for r in range(args.repeats) for ids in prompts]
     for _, ids in tqdm(runs, desc="benchmark", file=sys.stderr):
         ar = generate(model, ids, cfg)
         ar_tps.append(ar.stats.tokens_per_second)
         for setting in settings:
-            sp = generate(model, ids, cfg, EarlyExitDrafter(*setting))
+            sp = generate(model, ids, cfg, build_drafter(setting, model.num_layers))
             mismatches += sp.token_ids != ar.token_ids
             spec[setting]["tps"].append(sp.stats.tokens_per_second)
             spec[setting]["acc"].append(sp.stats.acceptance_rate or 0.0)
@@ -109,13 +117,13 @@ def main() -> None:
     print(f"model: {name} ({model.num_layers} layers)")
     print(f"prompts: {args.prompts} x {len(prompts)}, repeats {args.repeats}, max_steps {args.max_steps}, greedy")
     print(f"device: {model.device}, dtype: {str(model.dtype).removeprefix('torch.')}, threads: {torch.get_num_threads()}")
-    print(f"| strategy | exit layer | k | tokens/s | acceptance | tokens/verification | speed-up |")
-    print(f"| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| autoregressive | {model.num_layers} | - | {ar_mean:.1f} | - | 1.00 | 1.00x |")
-    for (e, k), m in spec.items():
+    print("| strategy | exit layer | k | draft length | tokens/s | acceptance | tokens/verification | speed-up |")
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    print(f"| autoregressive | {model.num_layers} | - | - | {ar_mean:.1f} | - | 1.00 | 1.00x |")
+    for setting, m in spec.items():
         tps = statistics.mean(m["tps"])
-        print(f"| self_speculative | {e} | {k} | {tps:.1f} | {statistics.mean(m['acc']):.3f} | "
-              f"{statistics.mean(m['tpv']):.2f} | {tps / ar_mean:.2f}x |")
+        print(f"| self_speculative | {setting.exit_layer} | {setting.num_speculations} | {setting.draft_length} | {tps:.1f} | "
+              f"{statistics.mean(m['acc']):.3f} | {statistics.mean(m['tpv']):.2f} | {tps / ar_mean:.2f}x |")
     if mismatches:
         print(f"warning: {mismatches} greedy outputs differed from autoregressive (low-precision ties)", file=sys.stderr)
 

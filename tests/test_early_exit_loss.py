@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layerskip.training.early_exit_loss import enabled_layers, layer_scales, normalized_weights
-from layerskip.training.objective import EarlyExitObjective, exit_losses, run_layer_with_dropout
+from layerskip.training.early_exit_loss import enabled_layers, exit_loss, layer_scales, normalized_weights
+from layerskip.training.objective import EarlyExitObjective, exit_losses, exit_statistics, run_layer_with_dropout
 
 
 def test_paper_scales():
@@ -91,3 +91,58 @@ def test_dropped_layer_is_identity_for_that_sample_only(tiny_model):
     full = model.run_layers(hidden, 1, 2)
     torch.testing.assert_close(out[1], hidden[1])
     torch.testing.assert_close(out[[0, 2]], full[[0, 2]])
+
+
+def test_distillation_mixes_cross_entropy_and_kl_to_the_teacher():
+    g = torch.Generator().manual_seed(3)
+    head = torch.nn.Linear(8, 20, bias=False)
+    hidden = torch.randn(2, 5, 8, generator=g, requires_grad=True)
+    targets = torch.randint(0, 20, (2, 5), generator=g)
+    teacher = torch.randn(2, 5, 20, generator=g).log_softmax(-1)
+    logits = head(hidden).float()
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    kl = (teacher.exp() * (teacher - logits.log_softmax(-1))).sum(-1).mean()
+    loss, reported_ce = exit_loss(head, hidden, targets, teacher, 0.25)
+    torch.testing.assert_close(loss, 0.75 * ce + 0.25 * kl)
+    torch.testing.assert_close(reported_ce, ce)
+    assert exit_loss(head, hidden, targets, teacher, 0.0)[0].item() == pytest.approx(ce.item())
+    own = logits.detach().log_softmax(-1)  # the exit is its own teacher: KL = 0
+    assert exit_loss(head, hidden, targets, own, 1.0)[0].item() == pytest.approx(0.0, abs=1e-6)
+    loss.backward()
+    assert hidden.grad is not None and head.weight.grad is not None
+
+
+def test_distillation_pulls_exits_toward_the_last_layer_not_the_reverse(tiny_dir):
+    from layerskip.loading import load_model
+
+    model = load_model(tiny_dir, torch.device("cpu"), torch.float32)
+    model.requires_grad_(True)
+    g = torch.Generator().manual_seed(2)
+    inputs = torch.randint(0, 300, (2, 12), generator=g)
+    targets = torch.randint(0, 300, (2, 12), generator=g)
+    # Only the last layer enabled: the teacher is unused and the loss is plain CE.
+    last_only = [0.0, 0.0, 0.0, 1.0]
+    plain, _ = EarlyExitObjective(model)(inputs, targets, None, last_only)
+    distilled, _ = EarlyExitObjective(model, distill=0.5)(inputs, targets, None, last_only)
+    torch.testing.assert_close(plain, distilled)
+    # Pure distillation at exit 1: no gradient reaches the layers above it (the teacher is detached).
+    loss, per_layer = EarlyExitObjective(model, distill=1.0)(inputs, targets, None, [1.0, 0.0, 0.0, 0.0])
+    loss.backward()
+    assert model.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.model.layers[3].parameters())
+    with torch.no_grad():
+        ce1 = F.cross_entropy(model(inputs, exit_layer=1).flatten(0, 1), targets.flatten())
+    assert per_layer[0].item() == pytest.approx(ce1.item(), rel=1e-5)  # the log keeps reporting CE
+
+
+def test_exit_statistics_agreement_with_the_last_layer(tiny_model):
+    g = torch.Generator().manual_seed(4)
+    inputs = torch.randint(0, 300, (2, 10), generator=g)
+    targets = torch.randint(0, 300, (2, 10), generator=g)
+    losses, agreement = exit_statistics(tiny_model, inputs, targets)
+    assert losses == exit_losses(tiny_model, inputs, targets)
+    assert agreement[-1] == 1.0
+    with torch.no_grad():
+        final = tiny_model(inputs).argmax(-1)
+        first = tiny_model(inputs, exit_layer=1).argmax(-1)
+    assert agreement[0] == pytest.approx(float((first == final).float().mean()))

@@ -39,6 +39,7 @@ def test_few_steps_lower_the_loss_and_save_a_transformers_checkpoint(corpus_dir,
     after = [json.loads(line) for line in (tmp_path / "run" / "eval_log.jsonl").read_text().splitlines()][-1]
     assert after["val_loss_per_exit_layer"]["3"] < before[3] - 0.5
     assert set(after["acceptance_per_exit_layer"]) == {"1", "2"}
+    assert after["agreement_per_exit_layer"]["3"] == 1.0 and 0 <= after["agreement_per_exit_layer"]["1"] <= 1
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 30 and log[-1]["loss"] < log[0]["loss"]
 
@@ -81,8 +82,15 @@ def test_resume_refuses_changed_settings(corpus_dir, tmp_path):
         Trainer(config(corpus_dir, tmp_path / "run", steps=2, lr=5e-3))
 
 
+def test_distill_must_be_a_fraction(corpus_dir, tmp_path):
+    from layerskip.errors import LayerskipError
+
+    with pytest.raises(LayerskipError, match="--distill"):
+        Trainer(config(corpus_dir, tmp_path / "run", steps=2, distill=1.5))
+
+
 def test_continual_pretraining_from_a_checkpoint(corpus_dir, tiny_dir, tmp_path):
-    cfg = replace(config(corpus_dir, tmp_path / "cont", steps=3), init_model=str(tiny_dir))
+    cfg = replace(config(corpus_dir, tmp_path / "cont", steps=3, distill=0.5), init_model=str(tiny_dir))
     trainer = Trainer(cfg)
     assert trainer.model.num_layers == 4
     final = trainer.run(progress=False)

@@ -18,6 +18,7 @@ HELP = {
     "e_scale": "early-exit loss scale e_scale",
     "rotation": "R of the rotational curriculum",
     "grad_accum": "gradient accumulation steps",
+    "distill": "self-distillation weight at the early exits: (1-a)*CE + a*KL(last layer || exit)",
     "bf16": "bf16 autocast",
 }
 CHOICES = {"dropout_shape": DEPTH_SHAPES, "dropout_time": TIME_SHAPES, "scale_shape": SCALE_SHAPES,

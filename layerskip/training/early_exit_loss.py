@@ -11,6 +11,12 @@ the output of layer ``l`` (``LlamaForCausalLM.run_layers`` convention), and
   ``gradual`` (from the last layer down to layer 0, one more layer every ``T/(2L)`` steps) or
   ``none`` (all layers). The last layer is always enabled.
 
+Optional self-distillation (``distill`` = α > 0, an extension beyond the paper): the loss of an
+early exit becomes ``(1-α)·CE + α·KL(p_L || p_l)``, with ``p_L`` the full model's distribution,
+detached (the teacher is never pulled toward the exit). Greedy acceptance is the agreement of the
+exit's argmax with the full model's, which this term trains directly (self-distilled early exits,
+as in Bae et al. 2023, FREE; Liu et al. 2024, Kangaroo). The last layer keeps plain CE.
+
 The per-layer cross-entropy is computed one layer at a time through the shared unembedding and
 recomputed in the backward pass (activation checkpointing), so ``layers x batch x seq x vocab``
 logits never exist at once.
@@ -79,10 +85,35 @@ def exit_cross_entropy(
 ) -> torch.Tensor:
     """Mean CE of ``unembed(hidden)`` ``[batch, T, dim]`` against targets ``[batch, T]``, with the
     logits recomputed in backward instead of stored."""
+    return exit_loss(unembed, hidden, targets, ignore_index=ignore_index)[0]
 
-    def loss_fn(h: torch.Tensor) -> torch.Tensor:
-        logits = unembed(h)
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+
+def exit_loss(
+    unembed: Callable[[torch.Tensor], torch.Tensor],
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_logprobs: torch.Tensor | None = None,
+    distill: float = 0.0,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, ce)`` of one exit: ``loss = (1-distill)·CE + distill·KL(teacher || exit)``.
+
+    hidden ``[batch, T, dim]``, targets ``[batch, T]``, teacher_logprobs ``[batch, T, vocab]``
+    (detached log-probabilities of the full model; None or ``distill == 0``: plain CE). Both are
+    means over the positions whose target is not ``ignore_index``; logits are recomputed in
+    backward instead of stored.
+    """
+    use_teacher = teacher_logprobs is not None and distill > 0
+
+    def loss_fn(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = unembed(h).float()
+        ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+        if not use_teacher:
+            return ce, ce
+        valid = (targets != ignore_index).float()
+        kl = F.kl_div(logits.log_softmax(-1), teacher_logprobs, reduction="none", log_target=True).sum(-1)
+        kl = (kl * valid).sum() / valid.sum().clamp_min(1.0)
+        return (1 - distill) * ce + distill * kl, ce
 
     if torch.is_grad_enabled() and hidden.requires_grad:
         return checkpoint(loss_fn, hidden, use_reentrant=False)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from layerskip.model import LlamaForCausalLM
-from layerskip.training.early_exit_loss import exit_cross_entropy
+from layerskip.training.early_exit_loss import exit_loss
 
 
 def run_layer_with_dropout(model: LlamaForCausalLM, hidden: torch.Tensor, layer: int, keep: torch.Tensor | None) -> torch.Tensor:
@@ -25,36 +25,57 @@ class EarlyExitObjective(nn.Module):
 
     ``keep`` ``[layers, batch]`` bool (layer dropout; None = no dropout); ``weights`` ``[layers]``
     the normalized early-exit weights ẽ(t, l) for the outputs ``h_{l+1}`` of each layer ``l``.
-    Layers with weight 0 cost no unembedding. Wrapping this module (not the model) in
-    DistributedDataParallel keeps the gradient hooks on the path that computes the loss.
+    Layers with weight 0 cost no unembedding. ``distill`` > 0 adds self-distillation toward the
+    last layer's (detached) distribution at the early exits (``early_exit_loss.exit_loss``).
+    Wrapping this module (not the model) in DistributedDataParallel keeps the gradient hooks on
+    the path that computes the loss.
     """
 
-    def __init__(self, model: LlamaForCausalLM) -> None:
+    def __init__(self, model: LlamaForCausalLM, distill: float = 0.0) -> None:
         super().__init__()
         self.model = model
+        self.distill = distill
 
     def forward(
         self, inputs: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor | None, weights: list[float]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        model = self.model
+        model, last = self.model, self.model.num_layers - 1
         hidden = model.embed(inputs)
-        total = hidden.new_zeros((), dtype=torch.float32)
-        per_layer = torch.full((model.num_layers,), float("nan"))
+        exits: list[tuple[int, torch.Tensor]] = []
         for layer in range(model.num_layers):
             hidden = run_layer_with_dropout(model, hidden, layer, None if keep is None else keep[layer])
             if weights[layer] > 0:
-                ce = exit_cross_entropy(model.unembed, hidden, targets)
-                total = total + weights[layer] * ce
-                per_layer[layer] = ce.detach().float()
+                exits.append((layer, hidden))
+        teacher = None
+        if self.distill > 0 and any(layer < last for layer, _ in exits):
+            with torch.no_grad():
+                teacher = model.unembed(hidden.detach()).float().log_softmax(-1)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        per_layer = torch.full((model.num_layers,), float("nan"))
+        for layer, h in exits:
+            loss, ce = exit_loss(model.unembed, h, targets, teacher if layer < last else None, self.distill)
+            total = total + weights[layer] * loss
+            per_layer[layer] = ce.detach().float()
         return total, per_layer
 
 
 @torch.no_grad()
 def exit_losses(model: LlamaForCausalLM, inputs: torch.Tensor, targets: torch.Tensor) -> list[float]:
     """Cross-entropy of ``unembed(h_{l+1})`` at every layer ``l`` (no dropout): ``[layers]``."""
+    return exit_statistics(model, inputs, targets)[0]
+
+
+@torch.no_grad()
+def exit_statistics(model: LlamaForCausalLM, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per layer ``l`` (no dropout): the cross-entropy of ``unembed(h_{l+1})`` and its top-1
+    agreement with the last layer (the share of positions where both argmaxes are equal, the
+    teacher-forced analogue of greedy draft acceptance). inputs, targets ``[batch, T]``."""
     hidden = model.embed(inputs)
-    out = []
+    losses, predictions = [], []
     for layer in range(model.num_layers):
         hidden = model.run_layers(hidden, layer, layer + 1)
-        out.append(float(exit_cross_entropy(model.unembed, hidden, targets)))
-    return out
+        logits = model.unembed(hidden).float()
+        losses.append(float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)))
+        predictions.append(logits.argmax(-1))
+    final = predictions[-1]
+    return losses, [float((p == final).float().mean()) for p in predictions]

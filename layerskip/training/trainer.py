@@ -34,7 +34,7 @@ from layerskip.training import data as corpus
 from layerskip.training.checkpoint import load_training_state, save_pretrained, save_training_state
 from layerskip.training.early_exit_loss import enabled_layers, layer_scales, normalized_weights
 from layerskip.training.layer_dropout import dropout_rates, sample_keep_mask
-from layerskip.training.objective import EarlyExitObjective, exit_losses
+from layerskip.training.objective import EarlyExitObjective, exit_statistics
 from layerskip.training.schedule import learning_rate
 
 CONFIG_FILE = "train_config.json"
@@ -72,6 +72,7 @@ class TrainConfig:
     scale_shape: str = "sum_l"
     curriculum: str = "rotational"
     rotation: int = 8
+    distill: float = 0.0
     eval_every: int = 250
     eval_batches: int = 8
     eval_prompts: int = 4
@@ -85,6 +86,8 @@ class TrainConfig:
             raise LayerskipError("steps, batch_size, grad_accum must be >= 1 and seq_len >= 2")
         if not 0 <= self.p_max <= 1:
             raise LayerskipError(f"--p_max must be in [0, 1], got {self.p_max}")
+        if not 0 <= self.distill <= 1:
+            raise LayerskipError(f"--distill must be in [0, 1], got {self.distill}")
         if self.e_scale < 0:
             raise LayerskipError("--e_scale must be >= 0")
         if self.init_model is None and self.hidden_size % self.num_heads:
@@ -210,7 +213,7 @@ class Trainer:
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
         )
-        objective = EarlyExitObjective(self.model)
+        objective = EarlyExitObjective(self.model, cfg.distill)
         self.objective: torch.nn.Module = objective
         if ctx.world_size > 1:
             self.objective = DistributedDataParallel(objective, find_unused_parameters=True)
@@ -226,7 +229,8 @@ class Trainer:
         if (self.out / CHECKPOINT_DIR / "state.pt").exists() and existing.exists():
             old = json.loads(existing.read_text())
             new = asdict(self.cfg)
-            changed = [k for k in new if k not in ("steps", "eval_every", "save_every") and old.get(k) != new[k]]
+            defaults = asdict(TrainConfig())  # keys added since the checkpoint was written
+            changed = [k for k in new if k not in ("steps", "eval_every", "save_every") and old.get(k, defaults[k]) != new[k]]
             if changed:
                 raise LayerskipError(
                     f"{self.out} holds a checkpoint of a run with different settings ({', '.join(changed)}); "
@@ -274,13 +278,17 @@ class Trainer:
     # ---- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Validation loss at every exit layer and greedy draft acceptance per exit layer (k=4)."""
+        """Validation loss and top-1 agreement with the last layer at every exit layer, and greedy
+        draft acceptance per exit layer (k=4) on a few validation prompts."""
         model = self.model
         model.eval()
         sums = [0.0] * model.num_layers
+        agreement = [0.0] * model.num_layers
         for inputs, targets in self.val_batches:
-            for i, v in enumerate(exit_losses(model, inputs.to(self.ctx.device), targets.to(self.ctx.device))):
-                sums[i] += v / len(self.val_batches)
+            losses, agree = exit_statistics(model, inputs.to(self.ctx.device), targets.to(self.ctx.device))
+            for i in range(model.num_layers):
+                sums[i] += losses[i] / len(self.val_batches)
+                agreement[i] += agree[i] / len(self.val_batches)
         acceptance = {}
         gcfg = GenerationConfig(max_steps=32, sampling=SamplingConfig(sample=False))
         for exit_layer in range(1, model.num_layers):
@@ -292,6 +300,7 @@ class Trainer:
             acceptance[exit_layer] = accepted / drafted if drafted else None
         model.train()
         return {"step": self.step, "tokens": self.tokens_seen, "val_loss_per_exit_layer": {l + 1: s for l, s in enumerate(sums)},
+                "agreement_per_exit_layer": {l + 1: a for l, a in enumerate(agreement)},
                 "acceptance_per_exit_layer": acceptance}
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -330,7 +339,9 @@ class Trainer:
                 result = self.evaluate()
                 self._log("eval_log.jsonl", result)
                 losses = result["val_loss_per_exit_layer"]
+                agree = result["agreement_per_exit_layer"]
                 bar.write(f"step {self.step}: val loss " + " ".join(f"L{l}={v:.2f}" for l, v in losses.items()))
+                bar.write(f"step {self.step}: agreement " + " ".join(f"L{l}={v:.2f}" for l, v in agree.items()))
         bar.close()
         self.save_checkpoint()
         return self.save_final()
