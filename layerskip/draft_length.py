@@ -20,6 +20,11 @@ LENGTH_POLICIES = ("fixed", "threshold", "heuristic")
 
 
 class LengthPolicy(ABC):
+    #: the policy's name in ``LENGTH_POLICIES``
+    name: str
+    #: the number of speculations asked for (``num_speculations``)
+    k: int
+    #: the most tokens any round may draft
     max_tokens: int
     #: whether ``keep_drafting`` looks at the draft probability (the others skip computing it)
     uses_confidence: bool = False
@@ -35,21 +40,27 @@ class LengthPolicy(ABC):
     def update(self, drafted: int, accepted: int, limit: int) -> None:
         """Learn from a verified round (``limit``: the round's maximum)."""
 
+    def reset(self) -> None:
+        """Forget what was learnt (a new generation starts from the configured state)."""
+
     def settings(self) -> dict[str, Any]:
         return {}
 
 
 class FixedLength(LengthPolicy):
+    name = "fixed"
+
     def __init__(self, k: int) -> None:
         if k < 1:
             raise LayerskipError("num_speculations must be >= 1")
-        self.max_tokens = k
+        self.k = self.max_tokens = k
 
     def round_limit(self) -> int:
         return self.max_tokens
 
 
 class ConfidenceThreshold(LengthPolicy):
+    name = "threshold"
     uses_confidence = True
 
     def __init__(self, k: int, gamma: float = 0.6, beta1: float = 0.5, alpha: float = 0.9, epsilon: float = 0.01,
@@ -58,7 +69,8 @@ class ConfidenceThreshold(LengthPolicy):
             raise LayerskipError("num_speculations must be >= 1")
         if not 0 <= gamma <= 1:
             raise LayerskipError("the confidence threshold must be in [0, 1]")
-        self.max_tokens, self.gamma = k, gamma
+        self.k = self.max_tokens = k
+        self.gamma = self.initial_gamma = gamma
         self.beta1, self.alpha, self.epsilon, self.beta2, self.online = beta1, alpha, epsilon, beta2, update
         self.mean_acceptance = 1.0
 
@@ -67,6 +79,9 @@ class ConfidenceThreshold(LengthPolicy):
 
     def keep_drafting(self, probability: float) -> bool:
         return probability >= self.gamma
+
+    def reset(self) -> None:
+        self.gamma, self.mean_acceptance = self.initial_gamma, 1.0
 
     def update(self, drafted: int, accepted: int, limit: int) -> None:
         if not self.online or drafted == 0:
@@ -84,13 +99,19 @@ class ConfidenceThreshold(LengthPolicy):
 
 
 class HeuristicLength(LengthPolicy):
+    name = "heuristic"
+
     def __init__(self, k: int, max_tokens: int = 16) -> None:
         if k < 1:
             raise LayerskipError("num_speculations must be >= 1")
-        self.current, self.max_tokens = k, max(k, max_tokens)
+        self.k = self.current = k
+        self.max_tokens = max(k, max_tokens)
 
     def round_limit(self) -> int:
         return self.current
+
+    def reset(self) -> None:
+        self.current = self.k
 
     def update(self, drafted: int, accepted: int, limit: int) -> None:
         if drafted == 0:

@@ -136,7 +136,10 @@ class EarlyExitDrafter(Drafter):
         self._exit_cache: ExitCache | None = None
 
     def describe(self) -> dict[str, object]:
-        return {"exit_layer": self.exit_layer, "num_speculations": self.max_tokens}
+        return {"exit_layer": self.exit_layer, "num_speculations": self.length.k, "draft_length": self.length.name}
+
+    def reset(self) -> None:
+        self.length.reset()
 
     def update(self, drafted: int, accepted: int) -> None:
         self.length.update(drafted, accepted, self._limit)

@@ -49,6 +49,7 @@ class GenerationStats:
     verify_forwards: int = 0
     exit_layer: int | None = None
     num_speculations: int | None = None
+    draft_length: str | None = None
     mean_exit_layer: float | None = None
     exit_layer_histogram: dict[int, int] | None = None
     stop_reason: str = "max_steps"

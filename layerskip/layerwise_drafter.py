@@ -51,10 +51,11 @@ class LayerwiseDrafter(Drafter):
         self.exit_layers: list[int] = []
 
     def describe(self) -> dict[str, object]:
-        return {"exit_layer": self.max_exit, "num_speculations": self.max_tokens}
+        return {"exit_layer": self.max_exit, "num_speculations": self.length.k, "draft_length": self.length.name}
 
     def reset(self) -> None:
         self.exit_layers = []
+        self.length.reset()
 
     def update(self, drafted: int, accepted: int) -> None:
         self.length.update(drafted, accepted, self._limit)

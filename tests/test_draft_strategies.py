@@ -114,6 +114,22 @@ def test_draft_and_verify_threshold_update():
     assert h.round_limit() == 6
     h.update(6, 2, 6)
     assert h.round_limit() == 5
+    h.reset()
+    policy.reset()
+    assert h.round_limit() == 4 and policy.gamma == 0.5 and policy.mean_acceptance == 1.0
+
+
+@pytest.mark.parametrize("length", ["fixed", "threshold", "heuristic"])
+def test_adaptive_lengths_start_each_generation_afresh_and_report_k(tiny_model, length):
+    config = GenerationConfig(max_steps=30, sampling=GREEDY)
+    fresh = lambda: build_drafter(DraftConfig(exit_layer=2, num_speculations=3, draft_length=length), tiny_model.num_layers)
+    reused = fresh()
+    first = generate(tiny_model, PROMPT, config, reused).stats
+    again = generate(tiny_model, PROMPT, config, reused).stats
+    assert again.as_dict() | {"total_time": 0, "time_to_first_token": 0, "time_per_token": 0, "tokens_per_second": 0} == \
+        first.as_dict() | {"total_time": 0, "time_to_first_token": 0, "time_per_token": 0, "tokens_per_second": 0}
+    assert first.drafted_tokens == generate(tiny_model, PROMPT, config, fresh()).stats.drafted_tokens
+    assert (first.num_speculations, first.draft_length) == (3, length)
 
 
 STRATEGIES = {
