@@ -9,6 +9,7 @@ identical, and prints tokens/s, acceptance and the speed-up over autoregressive 
     python benchmarks/speed.py --model DIR --exit_layer 8 --num_speculations 6
     python benchmarks/speed.py --ceiling --exit_layer 2 --num_speculations 6
     python benchmarks/speed.py --exit_layer 2 --num_speculations 4 --draft_length heuristic fixed
+    python benchmarks/speed.py --num_speculations 8 --draft_length threshold --confidence_threshold 0.3
 
 Settings left out come from the model's recommended draft configuration (``layerskip.json``).
 
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--num_speculations", type=int, nargs="+", default=None)
     parser.add_argument("--draft_length", choices=LENGTH_POLICIES, nargs="+", default=None,
                         help="draft length policies (default: the recommended one, else fixed)")
+    parser.add_argument("--confidence_threshold", type=float, default=None, help="start gamma of --draft_length threshold")
     parser.add_argument("--max_steps", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--dtype", default="auto")
@@ -92,7 +94,7 @@ def main() -> None:
     exit_layers = args.exit_layer or [recommended.exit_layer or 2]
     ks = args.num_speculations or [recommended.num_speculations or 4]
     lengths = args.draft_length or [recommended.draft_length]
-    settings = [recommended.merged(exit_layer=e, num_speculations=k, draft_length=n)
+    settings = [recommended.merged(exit_layer=e, num_speculations=k, draft_length=n, confidence_threshold=args.confidence_threshold)
                 for e, k, n in itertools.product(exit_layers, ks, lengths)]
     cfg = GenerationConfig(max_steps=args.max_steps, sampling=SamplingConfig(sample=False), stop_token_ids=())
     texts = CODE_PROMPTS if args.prompts == "code" else human_eval_prompts(args.num_samples)

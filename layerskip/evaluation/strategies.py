@@ -100,7 +100,7 @@ def validate_spec(spec: StrategySpec, num_layers: int) -> None:
         if spec.name == "self_speculative" and not spec.draft.is_plain:
             raise LayerskipError(f"{spec.label}: transformers only drafts with a fixed early exit (assistant_early_exit)")
         if spec.name == "self_speculative" and spec.draft.draft_length != "fixed":
-            raise LayerskipError(f"{spec.label}: use the fixed draft length with transformers")
+            raise LayerskipError(f"{spec.label}: transformers drafts a fixed number of tokens; add draft_length=fixed to the strategy")
     if spec.name == "self_speculative" and (spec.exit_layer is None and spec.draft.is_plain or spec.num_speculations is None):
         raise LayerskipError(f"strategy {spec.label} needs an exit layer and a number of speculations")
     validate(spec.draft, num_layers, spec.name == "self_speculative")
