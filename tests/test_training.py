@@ -63,9 +63,12 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(corpus_dir, tmp_pat
         interrupted.train_step()
     interrupted.save_checkpoint()
     del interrupted
+    log = tmp_path / "resumed" / "train_log.jsonl"
+    log.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3, 4)))  # step 4 came after the checkpoint
     resumed = Trainer(config(corpus_dir, tmp_path / "resumed", steps=6))
     assert resumed.step == 3
     resumed.run(progress=False)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
     for a, b in zip(full.optimizer.state_dict()["state"].values(), resumed.optimizer.state_dict()["state"].values()):

@@ -222,7 +222,20 @@ class Trainer:
         if (ckpt / "state.pt").exists():
             state = load_training_state(ckpt, self.model, self.optimizer)
             self.step = int(state["step"])
+            if ctx.is_main:
+                self._truncate_logs(self.step)
         self.tokens_seen = self.step * cfg.batch_size * cfg.seq_len * cfg.grad_accum * ctx.world_size
+
+    def _truncate_logs(self, step: int) -> None:
+        """Drop log records past the checkpoint's step (written by a run stopped after its last
+        checkpoint), so a resumed run's logs hold every step once."""
+        for name in ("train_log.jsonl", "eval_log.jsonl"):
+            path = self.out / name
+            if path.exists():
+                lines = path.read_text().splitlines()
+                kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+                if len(kept) != len(lines):
+                    path.write_text("".join(line + "\n" for line in kept))
 
     def _check_resume_config(self) -> None:
         existing = self.out / CONFIG_FILE
