@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from layerskip.draft_config import DraftConfig, build_drafter
+from layerskip.draft_config import DraftConfig, build_drafter, validate
 from layerskip.draft_length import LENGTH_POLICIES
+from layerskip.errors import LayerskipError
 from layerskip.generation import GenerationConfig, generate
 from layerskip.loading import default_model_path, load
 from layerskip.sampling import SamplingConfig
@@ -90,12 +91,18 @@ def main() -> None:
         model_dir = args.model or str(default_model_path())
     loaded = load(model_dir, args.device, args.dtype)
     model, tok = loaded.model, loaded.tokenizer
-    recommended = DraftConfig.from_dict(loaded.recommended) if loaded.recommended else DraftConfig(exit_layer=2, num_speculations=4)
+    recommended = DraftConfig.from_dict(loaded.recommended)  # {} -> every field unset
     exit_layers = args.exit_layer or [recommended.exit_layer or 2]
     ks = args.num_speculations or [recommended.num_speculations or 4]
     lengths = args.draft_length or [recommended.draft_length]
     settings = [recommended.merged(exit_layer=e, num_speculations=k, draft_length=n, confidence_threshold=args.confidence_threshold)
                 for e, k, n in itertools.product(exit_layers, ks, lengths)]
+    try:
+        for setting in settings:
+            validate(setting, model.num_layers, speculative=True)
+            build_drafter(setting, model.num_layers)
+    except LayerskipError as exc:
+        parser.error(str(exc))
     cfg = GenerationConfig(max_steps=args.max_steps, sampling=SamplingConfig(sample=False), stop_token_ids=())
     texts = CODE_PROMPTS if args.prompts == "code" else human_eval_prompts(args.num_samples)
     prompts = [tok(p)["input_ids"] for p in texts]

@@ -64,14 +64,18 @@ def test_last_layer_only_equals_plain_cross_entropy(tiny_model):
     assert torch.isnan(per_layer[:-1]).all()
 
 
-def test_weighted_sum_over_exits_and_gradients_flow(tiny_dir):
+def trainable_model_and_batch(tiny_dir, seed: int):
+    """A float32 tiny model with gradients on and a random batch (inputs, targets ``[2, 12]``)."""
     from layerskip.loading import load_model
 
     model = load_model(tiny_dir, torch.device("cpu"), torch.float32)
     model.requires_grad_(True)
-    g = torch.Generator().manual_seed(1)
-    inputs = torch.randint(0, 300, (2, 12), generator=g)
-    targets = torch.randint(0, 300, (2, 12), generator=g)
+    g = torch.Generator().manual_seed(seed)
+    return model, torch.randint(0, 300, (2, 12), generator=g), torch.randint(0, 300, (2, 12), generator=g)
+
+
+def test_weighted_sum_over_exits_and_gradients_flow(tiny_dir):
+    model, inputs, targets = trainable_model_and_batch(tiny_dir, 1)
     weights = [0.1, 0.2, 0.3, 0.4]
     loss, per_layer = EarlyExitObjective(model)(inputs, targets, None, weights)
     with torch.no_grad():
@@ -113,13 +117,7 @@ def test_distillation_mixes_cross_entropy_and_kl_to_the_teacher():
 
 
 def test_distillation_pulls_exits_toward_the_last_layer_not_the_reverse(tiny_dir):
-    from layerskip.loading import load_model
-
-    model = load_model(tiny_dir, torch.device("cpu"), torch.float32)
-    model.requires_grad_(True)
-    g = torch.Generator().manual_seed(2)
-    inputs = torch.randint(0, 300, (2, 12), generator=g)
-    targets = torch.randint(0, 300, (2, 12), generator=g)
+    model, inputs, targets = trainable_model_and_batch(tiny_dir, 2)
     # Only the last layer enabled: the teacher is unused and the loss is plain CE.
     last_only = [0.0, 0.0, 0.0, 1.0]
     plain, _ = EarlyExitObjective(model)(inputs, targets, None, last_only)

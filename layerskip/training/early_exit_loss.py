@@ -80,6 +80,11 @@ def normalized_weights(scales: list[float], enabled: list[bool]) -> list[float]:
     return [a / total for a in active]
 
 
+def logits_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean CE of logits ``[batch, T, vocab]`` (float32) against targets ``[batch, T]``."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+
+
 def exit_cross_entropy(
     unembed: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
 ) -> torch.Tensor:
@@ -107,7 +112,7 @@ def exit_loss(
 
     def loss_fn(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = unembed(h).float()
-        ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+        ce = logits_cross_entropy(logits, targets, ignore_index)
         if not use_teacher:
             return ce, ce
         valid = (targets != ignore_index).float()

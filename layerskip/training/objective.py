@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from layerskip.model import LlamaForCausalLM
-from layerskip.training.early_exit_loss import exit_loss
+from layerskip.training.early_exit_loss import exit_loss, logits_cross_entropy
 
 
 def run_layer_with_dropout(model: LlamaForCausalLM, hidden: torch.Tensor, layer: int, keep: torch.Tensor | None) -> torch.Tensor:
@@ -75,7 +75,7 @@ def exit_statistics(model: LlamaForCausalLM, inputs: torch.Tensor, targets: torc
     for layer in range(model.num_layers):
         hidden = model.run_layers(hidden, layer, layer + 1)
         logits = model.unembed(hidden).float()
-        losses.append(float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)))
+        losses.append(float(logits_cross_entropy(logits, targets)))
         predictions.append(logits.argmax(-1))
     final = predictions[-1]
     return losses, [float((p == final).float().mean()) for p in predictions]
