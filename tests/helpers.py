@@ -17,6 +17,13 @@ CORPUS = [
 ] * 20
 
 
+def write_corpus(directory: Path, repeat: int = 4) -> Path:
+    """Ten small Python files (``CORPUS`` entries, each repeated) in ``directory``."""
+    for i, text in enumerate(CORPUS[:10]):
+        (directory / f"doc{i}.py").write_text(text * repeat)
+    return directory
+
+
 def make_tokenizer(vocab_size: int = 300):
     return train_bpe_tokenizer(CORPUS, vocab_size=vocab_size, min_frequency=1)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CORPUS
+from helpers import write_corpus
 
 from layerskip.training.trainer import TrainConfig, Trainer
 
@@ -22,10 +22,7 @@ TINY = dict(vocab_size=300, hidden_size=32, num_layers=3, intermediate_size=64, 
 
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("corpus")
-    for i, text in enumerate(CORPUS[:10]):
-        (directory / f"doc{i}.py").write_text(text * 4)
-    return directory
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 4)
 
 
 def config(corpus_dir: Path, out: Path, **kw) -> TrainConfig:

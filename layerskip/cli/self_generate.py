@@ -1,0 +1,46 @@
+"""``layerskip self-generate``: a corpus of the model's own greedy continuations (JSONL), the data
+for sequence-level self-distillation of its early exits (``layerskip.training.self_generated``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tqdm import tqdm
+
+from layerskip.cli.arguments import add
+from layerskip.errors import LayerskipError
+from layerskip.training.self_generated import existing_records, training_prefixes, write_self_generated_corpus
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("self-generate", help="continue corpus prefixes greedily with the model, for self-distillation")
+    add(parser, "model", default=None, help="local checkpoint directory or hub id (default: the shipped model)")
+    add(parser, "device", default="auto", help="auto | cpu | cuda")
+    add(parser, "dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    add(parser, "corpus", default="stdlib", help="where prefixes come from (its training split): 'stdlib', a directory, a glob or a .jsonl file")
+    add(parser, "text_field", default="text", help="the text field of JSONL records (read and written)")
+    add(parser, "output", required=True, help="JSONL file to write; records already there are kept and skipped")
+    add(parser, "num_sequences", type=int, default=8000)
+    add(parser, "prefix_tokens", type=int, default=128)
+    add(parser, "new_tokens", type=int, default=128)
+    add(parser, "batch_size", type=int, default=64)
+    add(parser, "seed", type=int, default=0)
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from layerskip.loading import load
+
+    loaded = load(args.model, device=args.device, dtype=args.dtype)
+    prefixes = training_prefixes(loaded.tokenizer, args.corpus, args.num_sequences, args.prefix_tokens, args.seed, args.text_field)
+    if min(args.new_tokens, args.batch_size) < 1:
+        raise LayerskipError("--new_tokens and --batch_size must be >= 1")
+    output = Path(args.output)
+    done = min(existing_records(output), args.num_sequences)
+    with tqdm(total=args.num_sequences, initial=done, unit="seq", disable=args.no_progress) as bar:
+        total = write_self_generated_corpus(loaded.model, loaded.tokenizer, prefixes, output, args.new_tokens,
+                                            args.batch_size, args.text_field, on_batch=bar.update)
+    print(f"{output}: {total} sequences")
+    return 0

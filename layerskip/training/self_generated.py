@@ -1,0 +1,114 @@
+"""A corpus of the model's own greedy continuations, for sequence-level self-distillation.
+
+Greedy self-speculative decoding accepts a draft token when the exit layer's argmax equals the
+full model's argmax *on the text the full model itself generates*. Training early exits on a
+human corpus teaches them the corpus, and the better the full model gets there, the further its
+own greedy continuations can drift from what its middle layers predict. This module builds the
+text acceptance is actually measured on: prefixes of the training corpus (seeded random windows
+of its training split) continued greedily by the full model, batched, and written to JSONL as
+they are produced. ``layerskip train --model M --corpus that.jsonl --distill a`` then trains the
+exits on it (sequence-level knowledge distillation, Kim & Rush 2016, applied to the model's own
+early exits as in Kangaroo, Liu et al. 2024, and Medusa-2's self-distillation, Cai et al. 2024).
+
+Records: ``{"text": prefix + continuation, "prefix_tokens": P, "index": i}``. The prefixes are a
+pure function of ``(corpus, tokenizer, seed, prefix_tokens)``, so an interrupted run resumes by
+skipping the records already in the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from layerskip.cache import KVCache
+from layerskip.errors import LayerskipError
+from layerskip.model import LlamaForCausalLM
+from layerskip.training import data as corpus
+
+
+def corpus_prefixes(stream: torch.Tensor, count: int, prefix_tokens: int, seed: int) -> torch.Tensor:
+    """``count`` windows of ``prefix_tokens`` ids ``[count, prefix_tokens]`` at seeded random offsets."""
+    if stream.numel() <= prefix_tokens:
+        raise LayerskipError(f"corpus has {stream.numel()} tokens, fewer than one prefix of {prefix_tokens}")
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    starts = torch.randint(0, stream.numel() - prefix_tokens, (count,), generator=generator)
+    return torch.stack([stream[s : s + prefix_tokens] for s in starts.tolist()]).long()
+
+
+@torch.inference_mode()
+def greedy_continuations(model: LlamaForCausalLM, prefixes: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """Greedy continuations by the full model: prefixes ``[batch, P]`` -> ``[batch, new_tokens]``.
+
+    Every row has the same length, so no padding is needed; one shared KV cache for the batch.
+    """
+    batch, length = prefixes.shape
+    cache = KVCache(model.config, batch, length + new_tokens, model.device, model.dtype)
+    hidden = model.run_layers(model.embed(prefixes.to(model.device)), 0, model.num_layers, cache, 0)
+    token = model.unembed(hidden[:, -1:]).argmax(-1)  # [batch, 1]
+    out = [token]
+    for i in range(new_tokens - 1):
+        hidden = model.run_layers(model.embed(token), 0, model.num_layers, cache, length + i)
+        token = model.unembed(hidden).argmax(-1)
+        out.append(token)
+    return torch.cat(out, dim=1).cpu()
+
+
+def existing_records(path: Path) -> int:
+    """Complete records already in ``path`` (a trailing partial line is dropped)."""
+    if not path.exists():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    complete = [line for line in lines if line.endswith("\n")]
+    if len(complete) != len(lines):
+        path.write_text("".join(complete), encoding="utf-8")
+    return len(complete)
+
+
+def training_prefixes(
+    tokenizer, corpus_spec: str, num_sequences: int, prefix_tokens: int, seed: int, text_field: str = "text"
+) -> torch.Tensor:
+    """``[num_sequences, prefix_tokens]`` prefixes from the training split of ``corpus_spec``
+    (``layerskip.training.data``'s split, so validation documents stay unseen)."""
+    if min(num_sequences, prefix_tokens) < 1:
+        raise LayerskipError("num_sequences and prefix_tokens must be >= 1")
+    train_docs, _ = corpus.split_documents(corpus.corpus_documents(corpus_spec, text_field))
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    stream = corpus.tokenize_stream(train_docs, tokenizer, eos)
+    return corpus_prefixes(stream, num_sequences, prefix_tokens, seed)
+
+
+def write_self_generated_corpus(
+    model: LlamaForCausalLM,
+    tokenizer,
+    prefixes: torch.Tensor,
+    output: Path,
+    new_tokens: int,
+    batch_size: int,
+    text_field: str = "text",
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Continue each of ``prefixes`` ``[N, P]`` and write record i for row i to ``output``, skipping
+    the records already there. ``on_batch(n)`` is called after each batch of n records is written.
+    Returns the number of records in the file.
+    """
+    if min(new_tokens, batch_size) < 1:
+        raise LayerskipError("new_tokens and batch_size must be >= 1")
+    total, prefix_tokens = prefixes.shape
+    done = existing_records(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("a", encoding="utf-8") as handle:
+        for first in range(done, total, batch_size):
+            rows = prefixes[first : first + batch_size]
+            continuations = greedy_continuations(model, rows, new_tokens)
+            for offset, (prefix, new) in enumerate(zip(rows.tolist(), continuations.tolist())):
+                text = tokenizer.decode(prefix + new, skip_special_tokens=False)
+                record = {text_field: text, "prefix_tokens": prefix_tokens, "index": first + offset}
+                handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            if on_batch:
+                on_batch(len(rows))
+    return max(done, total)

@@ -1,0 +1,79 @@
+"""``layerskip.training.self_generated`` and ``layerskip self-generate``: the model's own greedy
+continuations of corpus prefixes, batched, written as produced, resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import write_corpus
+from test_cli import assert_one_line_error, run_cli
+
+from layerskip.cli import main
+from layerskip.generation import GenerationConfig, generate
+from layerskip.loading import load_tokenizer
+from layerskip.training.self_generated import (
+    corpus_prefixes,
+    training_prefixes,
+    existing_records,
+    greedy_continuations,
+    write_self_generated_corpus,
+)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("selfgen_corpus"), 6)
+
+
+def test_prefixes_are_seeded_windows_of_the_stream():
+    stream = torch.arange(100, dtype=torch.int32)
+    a, b = corpus_prefixes(stream, 5, 8, seed=3), corpus_prefixes(stream, 5, 8, seed=3)
+    assert a.shape == (5, 8) and a.dtype == torch.long and torch.equal(a, b)
+    assert torch.equal(a[:, 1:] - a[:, :-1], torch.ones(5, 7, dtype=torch.long))  # contiguous windows
+    assert not torch.equal(a, corpus_prefixes(stream, 5, 8, seed=4))
+
+
+def test_batched_continuations_equal_one_by_one_greedy_decoding(tiny_model):
+    prefixes = torch.randint(3, 300, (3, 7), generator=torch.Generator().manual_seed(0))
+    batched = greedy_continuations(tiny_model, prefixes, 10)
+    assert batched.shape == (3, 10)
+    for row, prefix in enumerate(prefixes.tolist()):
+        single = generate(tiny_model, prefix, GenerationConfig(max_steps=10))
+        assert batched[row].tolist() == single.token_ids
+
+
+def test_corpus_file_holds_prefix_and_continuation_and_resumes(tiny_model, tiny_dir, corpus_dir, tmp_path):
+    tokenizer = load_tokenizer(tiny_dir)
+    out = tmp_path / "gen.jsonl"
+    prefixes = training_prefixes(tokenizer, str(corpus_dir), 5, 6, seed=1)
+    assert torch.equal(prefixes, training_prefixes(tokenizer, str(corpus_dir), 5, 6, seed=1))
+    args = (tiny_model, tokenizer, prefixes, out, 4)
+    assert write_self_generated_corpus(*args, batch_size=2) == 5
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["index"] for r in records] == [0, 1, 2, 3, 4] and all(r["prefix_tokens"] == 6 for r in records)
+    for record, prefix in zip(records, prefixes.tolist()):
+        continuation = greedy_continuations(tiny_model, torch.tensor([prefix]), 4)[0].tolist()
+        assert record["text"] == tokenizer.decode(prefix + continuation, skip_special_tokens=False)
+
+    # an interrupted file (last record cut mid-line) resumes where it stopped, with the same records
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:3]) + lines[3][:10])
+    assert existing_records(out) == 3 and len(out.read_text().splitlines()) == 3
+    calls: list[int] = []
+    assert write_self_generated_corpus(*args, batch_size=2, on_batch=calls.append) == 5
+    assert calls == [2] and out.read_text().splitlines(keepends=True) == lines
+
+
+def test_cli_writes_the_corpus_and_rejects_bad_input(tiny_dir, corpus_dir, tmp_path, capsys):
+    out = tmp_path / "cli.jsonl"
+    common = ["self-generate", "--model", str(tiny_dir), "--corpus", str(corpus_dir), "--output", str(out),
+              "--prefix_tokens", "5", "--new_tokens", "3", "--batch_size", "4", "--dtype", "float32", "--no_progress"]
+    assert main([*common, "--num_sequences", "6"]) == 0
+    assert f"{out}: 6 sequences" in capsys.readouterr().out
+    assert len(out.read_text().splitlines()) == 6
+    assert_one_line_error(run_cli(*common, "--num_sequences", "0"), "must be >= 1")
+    assert_one_line_error(run_cli("self-generate", "--model", str(tiny_dir), "--corpus", str(tmp_path / "missing"),
+                                  "--output", str(tmp_path / "x.jsonl")), "no files found")
