@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from layerskip.errors import LayerskipError
 from layerskip.loading import load
 from layerskip.training import data as corpus
-from layerskip.training.objective import exit_statistics
+from layerskip.training.objective import mean_exit_statistics
 
 
 def main() -> None:
@@ -33,18 +31,12 @@ def main() -> None:
     try:
         loaded = load(args.model, device="cpu", dtype="float32")
         _, val_docs = corpus.split_documents(corpus.corpus_documents(args.corpus, args.text_field))
-        stream = corpus.tokenize_stream(val_docs, loaded.tokenizer, loaded.tokenizer.eos_token_id)
+        stream = corpus.tokenize_stream(val_docs, loaded.tokenizer, corpus.document_separator(loaded.tokenizer))
         batches = corpus.sequential_windows(stream, args.batch_size, args.seq_len, args.batches)
     except LayerskipError as exc:
         sys.exit(f"exit_quality.py: error: {exc}")
     layers = loaded.model.num_layers
-    loss, agreement = [0.0] * layers, [0.0] * layers
-    with torch.inference_mode():
-        for inputs, targets in batches:
-            batch_loss, batch_agreement = exit_statistics(loaded.model, inputs, targets)
-            for i in range(layers):
-                loss[i] += batch_loss[i] / len(batches)
-                agreement[i] += batch_agreement[i] / len(batches)
+    loss, agreement = mean_exit_statistics(loaded.model, batches)
     tokens = sum(inputs.numel() for inputs, _ in batches)
     print(f"{loaded.path} on the held-out split of {args.corpus} ({tokens} tokens)\n")
     print("| exit layer | " + " | ".join(str(i + 1) for i in range(layers)) + " |")

@@ -70,10 +70,13 @@ def test_corpus_file_holds_prefix_and_continuation_and_resumes(tiny_model, tiny_
 def test_cli_writes_the_corpus_and_rejects_bad_input(tiny_dir, corpus_dir, tmp_path, capsys):
     out = tmp_path / "cli.jsonl"
     common = ["self-generate", "--model", str(tiny_dir), "--corpus", str(corpus_dir), "--output", str(out),
-              "--prefix_tokens", "5", "--new_tokens", "3", "--batch_size", "4", "--dtype", "float32", "--no_progress"]
+              "--prefix_tokens", "5", "--new_tokens", "3", "--batch_size", "4", "--dtype", "float32", "--no_progress",
+              "--text_field", "code"]
     assert main([*common, "--num_sequences", "6"]) == 0
     assert f"{out}: 6 sequences" in capsys.readouterr().out
-    assert len(out.read_text().splitlines()) == 6
-    assert_one_line_error(run_cli(*common, "--num_sequences", "0"), "must be >= 1")
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 6 and all(set(r) == {"code", "prefix_tokens", "index"} for r in records)
+    assert_one_line_error(run_cli(*common, "--num_sequences", "0"), "--num_sequences must be >= 1, got 0")
+    assert_one_line_error(run_cli(*common, "--num_sequences", "2", "--batch_size", "0"), "--batch_size must be >= 1, got 0")
     assert_one_line_error(run_cli("self-generate", "--model", str(tiny_dir), "--corpus", str(tmp_path / "missing"),
                                   "--output", str(tmp_path / "x.jsonl")), "no files found")

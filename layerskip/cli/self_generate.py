@@ -9,8 +9,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from layerskip.cli.arguments import add
-from layerskip.errors import LayerskipError
-from layerskip.training.self_generated import existing_records, training_prefixes, write_self_generated_corpus
+from layerskip.training.self_generated import (
+    check_sizes,
+    existing_records,
+    training_prefixes,
+    write_self_generated_corpus,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,10 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from layerskip.loading import load
 
+    check_sizes(num_sequences=args.num_sequences, prefix_tokens=args.prefix_tokens, new_tokens=args.new_tokens,
+                batch_size=args.batch_size)
     loaded = load(args.model, device=args.device, dtype=args.dtype)
     prefixes = training_prefixes(loaded.tokenizer, args.corpus, args.num_sequences, args.prefix_tokens, args.seed, args.text_field)
-    if min(args.new_tokens, args.batch_size) < 1:
-        raise LayerskipError("--new_tokens and --batch_size must be >= 1")
     output = Path(args.output)
     done = min(existing_records(output), args.num_sequences)
     with tqdm(total=args.num_sequences, initial=done, unit="seq", disable=args.no_progress) as bar:

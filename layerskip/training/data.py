@@ -97,6 +97,13 @@ def split_documents(documents: list[Document], every: int = 50) -> tuple[list[Do
     return train, val
 
 
+def document_separator(tokenizer) -> int:
+    """The EOS id that ends each document in a token stream."""
+    if tokenizer.eos_token_id is None:
+        raise LayerskipError("the tokenizer has no EOS token to separate documents")
+    return tokenizer.eos_token_id
+
+
 def tokenize_stream(documents: list[Document], tokenizer, eos_id: int) -> torch.Tensor:
     """All documents as one ``[n_tokens]`` int32 stream, each ended by EOS (no BOS inside)."""
     ids: list[int] = []
@@ -115,12 +122,17 @@ def batch_generator(seed: int, step: int, micro_step: int, rank: int) -> torch.G
     return g
 
 
+def random_spans(stream: torch.Tensor, count: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` spans of ``length`` consecutive ids ``[count, length]`` (int64) at random offsets."""
+    if stream.numel() <= length:
+        raise LayerskipError(f"corpus has {stream.numel()} tokens, fewer than one window of {length}")
+    starts = torch.randint(0, stream.numel() - length, (count,), generator=generator)
+    return torch.stack([stream[s : s + length] for s in starts.tolist()]).long()
+
+
 def random_windows(stream: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and next-token targets ``[batch, seq_len]`` (int64) from random offsets of the stream."""
-    if stream.numel() <= seq_len + 1:
-        raise LayerskipError(f"corpus has {stream.numel()} tokens, fewer than one window of {seq_len + 1}")
-    starts = torch.randint(0, stream.numel() - seq_len - 1, (batch_size,), generator=generator)
-    windows = torch.stack([stream[s : s + seq_len + 1] for s in starts.tolist()]).long()
+    windows = random_spans(stream, batch_size, seq_len + 1, generator)
     return windows[:, :-1], windows[:, 1:]
 
 

@@ -79,3 +79,16 @@ def exit_statistics(model: LlamaForCausalLM, inputs: torch.Tensor, targets: torc
         predictions.append(logits.argmax(-1))
     final = predictions[-1]
     return losses, [float((p == final).float().mean()) for p in predictions]
+
+
+def mean_exit_statistics(
+    model: LlamaForCausalLM, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[list[float], list[float]]:
+    """``exit_statistics`` averaged over (inputs, targets) batches, moved to the model's device."""
+    losses, agreement = [0.0] * model.num_layers, [0.0] * model.num_layers
+    for inputs, targets in batches:
+        batch_losses, batch_agreement = exit_statistics(model, inputs.to(model.device), targets.to(model.device))
+        for i in range(model.num_layers):
+            losses[i] += batch_losses[i] / len(batches)
+            agreement[i] += batch_agreement[i] / len(batches)
+    return losses, agreement

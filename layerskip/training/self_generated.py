@@ -29,14 +29,16 @@ from layerskip.model import LlamaForCausalLM
 from layerskip.training import data as corpus
 
 
+def check_sizes(**sizes: int) -> None:
+    """One error line naming the first size below 1."""
+    for name, value in sizes.items():
+        if value < 1:
+            raise LayerskipError(f"--{name} must be >= 1, got {value}")
+
+
 def corpus_prefixes(stream: torch.Tensor, count: int, prefix_tokens: int, seed: int) -> torch.Tensor:
     """``count`` windows of ``prefix_tokens`` ids ``[count, prefix_tokens]`` at seeded random offsets."""
-    if stream.numel() <= prefix_tokens:
-        raise LayerskipError(f"corpus has {stream.numel()} tokens, fewer than one prefix of {prefix_tokens}")
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    starts = torch.randint(0, stream.numel() - prefix_tokens, (count,), generator=generator)
-    return torch.stack([stream[s : s + prefix_tokens] for s in starts.tolist()]).long()
+    return corpus.random_spans(stream, count, prefix_tokens, torch.Generator().manual_seed(seed))
 
 
 @torch.inference_mode()
@@ -73,11 +75,9 @@ def training_prefixes(
 ) -> torch.Tensor:
     """``[num_sequences, prefix_tokens]`` prefixes from the training split of ``corpus_spec``
     (``layerskip.training.data``'s split, so validation documents stay unseen)."""
-    if min(num_sequences, prefix_tokens) < 1:
-        raise LayerskipError("num_sequences and prefix_tokens must be >= 1")
+    check_sizes(num_sequences=num_sequences, prefix_tokens=prefix_tokens)
     train_docs, _ = corpus.split_documents(corpus.corpus_documents(corpus_spec, text_field))
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    stream = corpus.tokenize_stream(train_docs, tokenizer, eos)
+    stream = corpus.tokenize_stream(train_docs, tokenizer, corpus.document_separator(tokenizer))
     return corpus_prefixes(stream, num_sequences, prefix_tokens, seed)
 
 
@@ -95,8 +95,7 @@ def write_self_generated_corpus(
     the records already there. ``on_batch(n)`` is called after each batch of n records is written.
     Returns the number of records in the file.
     """
-    if min(new_tokens, batch_size) < 1:
-        raise LayerskipError("new_tokens and batch_size must be >= 1")
+    check_sizes(new_tokens=new_tokens, batch_size=batch_size)
     total, prefix_tokens = prefixes.shape
     done = existing_records(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from layerskip.training import data as corpus
 from layerskip.training.checkpoint import load_training_state, save_pretrained, save_training_state
 from layerskip.training.early_exit_loss import enabled_layers, layer_scales, normalized_weights
 from layerskip.training.layer_dropout import dropout_rates, sample_keep_mask
-from layerskip.training.objective import EarlyExitObjective, exit_statistics
+from layerskip.training.objective import EarlyExitObjective, mean_exit_statistics
 from layerskip.training.schedule import learning_rate
 
 CONFIG_FILE = "train_config.json"
@@ -198,9 +198,7 @@ class Trainer:
             self.model = LlamaForCausalLM(new_model_config(cfg, self.tokenizer))
             init_weights(self.model, cfg.seed)
         self.model.to(ctx.device).train()
-        eos = self.tokenizer.eos_token_id
-        if eos is None:
-            raise LayerskipError("the tokenizer has no EOS token to separate documents")
+        eos = corpus.document_separator(self.tokenizer)
         self.train_stream = corpus.tokenize_stream(train_docs, self.tokenizer, eos)
         self.val_stream = corpus.tokenize_stream(val_docs, self.tokenizer, eos)
         self.val_batches = corpus.sequential_windows(self.val_stream, cfg.batch_size, cfg.seq_len, cfg.eval_batches)
@@ -295,13 +293,7 @@ class Trainer:
         draft acceptance per exit layer (k=4) on a few validation prompts."""
         model = self.model
         model.eval()
-        sums = [0.0] * model.num_layers
-        agreement = [0.0] * model.num_layers
-        for inputs, targets in self.val_batches:
-            losses, agree = exit_statistics(model, inputs.to(self.ctx.device), targets.to(self.ctx.device))
-            for i in range(model.num_layers):
-                sums[i] += losses[i] / len(self.val_batches)
-                agreement[i] += agree[i] / len(self.val_batches)
+        sums, agreement = mean_exit_statistics(model, self.val_batches)
         acceptance = {}
         gcfg = GenerationConfig(max_steps=32, sampling=SamplingConfig(sample=False))
         for exit_layer in range(1, model.num_layers):
