@@ -11,6 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from layerskip.adapter import read_adapter_config
+from layerskip.adapter_drafter import AdapterDrafter
 from layerskip.draft_length import LENGTH_POLICIES, make_length_policy
 from layerskip.drafting import Drafter, EarlyExitDrafter
 from layerskip.errors import LayerskipError, read_json_object
@@ -36,11 +38,18 @@ class DraftConfig:
     layer_skip_proportion: float = 0.0
     draft_length: str = "fixed"
     confidence_threshold: float | None = None
+    draft_adapter: str | None = None
+    draft_vocab: int | None = None
 
     @property
     def is_plain(self) -> bool:
-        """A fixed exit layer and nothing else: the fast early-exit drafter."""
+        """A fixed exit layer (or a draft adapter) and nothing else: the fast early-exit drafter."""
         return not (self.criteria or self.skip_attn or self.skip_mlp or self.layer_skip_proportion)
+
+    @property
+    def defines_draft(self) -> bool:
+        """Whether it says what drafts: an exit layer, a dynamic exit / skip, or a draft adapter."""
+        return self.exit_layer is not None or not self.is_plain or self.draft_adapter is not None
 
     def criterion(self, seed: int = 0) -> ExitCriterion | None:
         if not self.criteria:
@@ -127,16 +136,28 @@ def validate(config: DraftConfig, num_layers: int, speculative: bool) -> None:
         raise LayerskipError(f"--draft_length must be one of {', '.join(LENGTH_POLICIES)}")
     if config.criteria:
         config.criterion()  # unknown names / options raise here
+    if config.draft_adapter is not None:
+        if not config.is_plain:
+            raise LayerskipError("--draft_adapter drafts at the adapter's exit layer: it excludes --criteria and layer skipping")
+        trained_at = read_adapter_config(config.draft_adapter).exit_layer
+        if config.exit_layer is not None and config.exit_layer != trained_at:
+            raise LayerskipError(f"--exit_layer {config.exit_layer} differs from the draft adapter's exit layer {trained_at}")
+        if not 1 <= trained_at < num_layers:
+            raise LayerskipError(f"--draft_adapter {config.draft_adapter}: exit layer {trained_at} outside 1..{num_layers - 1}")
+    if config.draft_vocab is not None and (config.draft_vocab < 1 or not config.is_plain):
+        raise LayerskipError("--draft_vocab must be >= 1 and applies to a fixed exit layer or a draft adapter")
 
 
 def build_drafter(config: DraftConfig, num_layers: int, seed: int = 0) -> Drafter:
     """The drafter a (validated) config describes."""
     k = config.num_speculations or 1
     length = make_length_policy(config.draft_length, k, config.confidence_threshold)
+    if config.draft_adapter is not None:
+        return AdapterDrafter(config.draft_adapter, k, length, config.draft_vocab)
     if config.is_plain:
         if config.exit_layer is None:
             raise LayerskipError("self_speculative decoding needs --exit_layer")
-        return EarlyExitDrafter(config.exit_layer, k, length)
+        return EarlyExitDrafter(config.exit_layer, k, length, config.draft_vocab)
     max_exit = config.exit_layer or (num_layers if (config.skip_attn or config.skip_mlp or config.layer_skip_proportion) and not config.criteria else num_layers - 1)
     return LayerwiseDrafter(max_exit, k, config.criterion(seed), SkipSet(frozenset(config.skip_attn), frozenset(config.skip_mlp)),
                             config.layer_skip_proportion, length, seed)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from layerskip.cache import ExitCache, KVCache
+from layerskip.draft_head import DraftHead, draft_subset, load_ranking
 from layerskip.draft_length import FixedLength, LengthPolicy
+from layerskip.errors import LayerskipError
 from layerskip.model import LlamaForCausalLM
 from layerskip.sampling import SamplingConfig, process_logits, select
 
@@ -78,6 +81,9 @@ class Drafter(ABC):
     def reset(self) -> None:
         """Called when a new generation starts."""
 
+    def bind(self, model: LlamaForCausalLM) -> None:
+        """Called with the target model before a generation: load or check what depends on it."""
+
     def describe(self) -> dict[str, object]:
         """Settings reported in the generation stats."""
         return {"num_speculations": self.max_tokens}
@@ -124,19 +130,46 @@ class EarlyExitDrafter(Drafter):
 
     Each drafted token's K/V for the draft layers land in the shared cache and its ``h_E`` in the
     exit cache, so verification only runs the draft layers for the last draft token.
+    ``draft_vocab``: score only the N most frequent tokens when drafting (``layerskip.draft_head``).
     """
 
-    def __init__(self, exit_layer: int, num_speculations: int, length: LengthPolicy | None = None) -> None:
+    def __init__(self, exit_layer: int, num_speculations: int, length: LengthPolicy | None = None,
+                 draft_vocab: int | None = None) -> None:
         if exit_layer < 1:
             raise ValueError("exit_layer must be >= 1")
         self.exit_layer = exit_layer
         self.length = length or FixedLength(num_speculations)
         self.max_tokens = self.length.max_tokens
+        self.draft_vocab = draft_vocab
         self._limit = 0
         self._exit_cache: ExitCache | None = None
+        self._head: DraftHead | None = None
+        self._head_dtype: tuple[torch.dtype, torch.device] | None = None
 
     def describe(self) -> dict[str, object]:
-        return {"exit_layer": self.exit_layer, "num_speculations": self.length.k, "draft_length": self.length.name}
+        return {"exit_layer": self.exit_layer, "num_speculations": self.length.k, "draft_length": self.length.name,
+                "draft_vocab": self.draft_vocab}
+
+    def ranking_directories(self, model: LlamaForCausalLM) -> list[Path | None]:
+        """Where the draft vocabulary's frequency ranking is looked for."""
+        return [model.source_path]
+
+    def bind(self, model: LlamaForCausalLM) -> None:
+        if self._head is not None and self._head.model is model and self._head_dtype == (model.dtype, model.device):
+            return
+        if self.exit_layer >= model.num_layers:
+            raise LayerskipError(f"exit_layer {self.exit_layer} must be below the model's {model.num_layers} layers")
+        subset = None
+        if self.draft_vocab is not None:
+            ranking = load_ranking(self.ranking_directories(model))
+            subset = draft_subset(ranking, self.draft_vocab, model.config.eos_token_ids, model.config.vocab_size)
+        self._head, self._head_dtype = DraftHead(model, subset), (model.dtype, model.device)
+
+    def draft_logits(self, state: DecodeState, hidden: torch.Tensor, slot: int) -> torch.Tensor:
+        """The draft's logits ``[vocab]`` (float32) for the last of ``hidden`` = ``h_E`` ``[1, T, dim]``
+        at slots ``..slot``."""
+        assert self._head is not None, "bind(model) first"
+        return self._head(hidden[:, -1:])[0, -1]
 
     def reset(self) -> None:
         self.length.reset()
@@ -162,13 +195,11 @@ class EarlyExitDrafter(Drafter):
         self._limit = n_max = min(limit, self.length.round_limit())
         if n_max <= 0:
             return Draft()
-        if self.exit_layer >= state.model.num_layers:
-            raise ValueError(f"exit_layer {self.exit_layer} must be below the model's {state.model.num_layers} layers")
         model, exit_cache = state.model, self._cache_for(state)
         drafts = DraftRound(state, self.length)
         for i in range(n_max):
             hidden = model.run_layers(model.embed(drafts.last_ids), 0, self.exit_layer, state.cache, state.slot + i)
             exit_cache.append(hidden)
-            if not drafts.add(model.unembed(hidden)[0, -1].float()):
+            if not drafts.add(self.draft_logits(state, hidden, state.slot + i)):
                 break
         return drafts.draft(self.exit_layer, exit_cache.valid())

@@ -50,6 +50,8 @@ class GenerationStats:
     exit_layer: int | None = None
     num_speculations: int | None = None
     draft_length: str | None = None
+    draft_vocab: int | None = None
+    draft_adapter: str | None = None
     mean_exit_layer: float | None = None
     exit_layer_histogram: dict[int, int] | None = None
     stop_reason: str = "max_steps"
@@ -134,6 +136,7 @@ def generate(
     stop_ids = frozenset(config.stop_token_ids)
     stats = GenerationStats()
     if drafter is not None:
+        drafter.bind(model)
         drafter.reset()
         for key, value in drafter.describe().items():
             if hasattr(stats, key):

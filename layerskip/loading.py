@@ -43,6 +43,8 @@ def recommended_settings(path: Path) -> dict[str, Any]:
         raise LayerskipError(f"corrupt {file}: {exc}") from None
     if not isinstance(raw, dict):
         raise LayerskipError(f"corrupt {file}: 'recommended' must be an object")
+    if isinstance(raw.get("draft_adapter"), str):  # stored relative to the checkpoint
+        raw = {**raw, "draft_adapter": str(path / raw["draft_adapter"])}
     return raw
 
 
@@ -179,6 +181,7 @@ def load_model(path: Path, device: torch.device, dtype: torch.dtype) -> LlamaFor
             param.copy_(tensor)
     model.eval()
     model.requires_grad_(False)
+    model.source_path = path
     return model
 
 

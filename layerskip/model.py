@@ -15,6 +15,7 @@ model's logits, so an exit at layer ``E`` means ``unembed(h_E)`` after layers ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -101,12 +102,35 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """Pre-norm attention + SwiGLU MLP; ``intermediate_size == 0`` builds an attention-only block
+    (the Kangaroo draft adapter's shape)."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.self_attn = Attention(cfg)
-        self.mlp = MLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if cfg.intermediate_size > 0:
+            self.mlp = MLP(cfg)
+            self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        index: int,
+        cache: KVCache | None,
+        start: int,
+        mask: torch.Tensor | None,
+        skip_attn: bool = False,
+        skip_mlp: bool = False,
+    ) -> torch.Tensor:
+        """hidden ``[batch, T, dim]`` -> ``[batch, T, dim]``; K/V go to layer ``index`` of ``cache``."""
+        if not skip_attn:
+            hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, index, cache, start, mask)
+        if not skip_mlp and hasattr(self, "mlp"):
+            hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
+        return hidden
 
 
 class Backbone(nn.Module):
@@ -145,6 +169,8 @@ class LlamaForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self._rotary: RotaryTable | None = None
+        #: the checkpoint directory it was loaded from (files stored beside it: draft vocabulary)
+        self.source_path: Path | None = None
 
     @property
     def num_layers(self) -> int:
@@ -191,18 +217,18 @@ class LlamaForCausalLM(nn.Module):
         if not 0 <= first <= last <= self.num_layers:
             raise ValueError(f"layer range {first}..{last} outside 0..{self.num_layers}")
         b, t, _ = hidden.shape
-        slots = torch.arange(start, start + t, device=hidden.device)
-        positions = slots.expand(b, t) if pad is None else slots[None, :] - pad[:, None]
-        cos, sin = self.rotary().cos_sin(positions, start + t)
+        cos, sin = self.positions(start, t, b, pad)
         mask = attention_mask(start, t, pad, b, hidden.device) if cache is not None else None
         layers = self.model.layers
         for i in range(first, last):
-            layer = layers[i]
-            if i not in skip.attn:
-                hidden = hidden + layer.self_attn(layer.input_layernorm(hidden), cos, sin, i, cache, start, mask)
-            if i not in skip.mlp:
-                hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            hidden = layers[i](hidden, cos, sin, i, cache, start, mask, i in skip.attn, i in skip.mlp)
         return hidden
+
+    def positions(self, start: int, t: int, batch: int, pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary cos/sin ``[batch, 1, T, head_dim]`` for T tokens at slots ``start..`` (``pad`` ``[batch]``)."""
+        slots = torch.arange(start, start + t, device=self.device)
+        positions = slots.expand(batch, t) if pad is None else slots[None, :] - pad[:, None]
+        return self.rotary().cos_sin(positions, start + t)
 
     def propagate_state(self, hidden: torch.Tensor, first: int, last: int, cache: KVCache, start: int) -> None:
         """Fill the K/V of layers ``first..last-1`` at slots ``start..`` from one hidden state
@@ -210,8 +236,7 @@ class LlamaForCausalLM(nn.Module):
         layer gets keys/values projected from the exit state, so later tokens find valid entries.
         Costs two projections per layer instead of a full layer."""
         b, t, _ = hidden.shape
-        positions = torch.arange(start, start + t, device=hidden.device).expand(b, t)
-        cos, sin = self.rotary().cos_sin(positions, start + t)
+        cos, sin = self.positions(start, t, b)
         for i in range(first, last):
             layer = self.model.layers[i]
             attn = layer.self_attn

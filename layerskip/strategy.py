@@ -21,7 +21,7 @@ class Strategy:
 
 def strategy_from_config(name: str, config: DraftConfig, num_layers: int, seed: int = 0) -> Strategy:
     speculative = name == "self_speculative"
-    if speculative and (config.exit_layer is None and config.is_plain or config.num_speculations is None):
+    if speculative and (not config.defines_draft or config.num_speculations is None):
         raise LayerskipError(
             "self_speculative decoding needs --exit_layer and --num_speculations (this model recommends none)"
         )
@@ -30,4 +30,6 @@ def strategy_from_config(name: str, config: DraftConfig, num_layers: int, seed: 
         return Strategy(build_drafter(config, num_layers, seed), num_layers)
     if config.skip_attn or config.skip_mlp or config.layer_skip_proportion:
         raise LayerskipError("layer skipping is a draft strategy: use --generation_strategy self_speculative")
+    if config.draft_adapter is not None or config.draft_vocab is not None:
+        raise LayerskipError("--draft_adapter and --draft_vocab are draft settings: use --generation_strategy self_speculative")
     return Strategy(None, config.exit_layer or num_layers, config.criterion(seed))

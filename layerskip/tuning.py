@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from layerskip.adapter import read_adapter_config
 from layerskip.draft_config import DraftConfig
 from layerskip.generation import GenerationConfig, generate
 from layerskip.model import LlamaForCausalLM
@@ -51,11 +52,18 @@ def measure(model: LlamaForCausalLM, prompts: Sequence[list[int]], config: Gener
     return tokens / seconds if seconds > 0 else 0.0
 
 
-def suggest(trial: Any, num_layers: int, max_k: int, modes: Sequence[str]) -> DraftConfig:
-    exit_layer = trial.suggest_int("exit_layer", 1, num_layers - 1)
+def suggest(trial: Any, num_layers: int, max_k: int, modes: Sequence[str], adapter: DraftConfig | None = None) -> DraftConfig:
+    """A trial's configuration; with ``adapter`` (a config holding a draft adapter), its exit layer,
+    adapter and draft vocabulary stay fixed and only the plain-exit modes are searched."""
+    if adapter is not None:
+        exit_layer, modes = read_adapter_config(adapter.draft_adapter).exit_layer, ["early_exit"]
+    else:
+        exit_layer = trial.suggest_int("exit_layer", 1, num_layers - 1)
     k = trial.suggest_int("num_speculations", 1, max_k)
     mode = trial.suggest_categorical("mode", list(modes))
     values: dict[str, Any] = {"exit_layer": exit_layer, "num_speculations": k}
+    if adapter is not None:
+        values.update(draft_adapter=adapter.draft_adapter, draft_vocab=adapter.draft_vocab)
     if mode == "layer_skip":
         values["skip_attn"] = tuple(l for l in range(exit_layer) if trial.suggest_int(f"skip_attn_{l}", 0, 1))
         values["skip_mlp"] = tuple(l for l in range(exit_layer) if trial.suggest_int(f"skip_mlp_{l}", 0, 1))
@@ -94,7 +102,7 @@ def tune(
     start = time.monotonic()
 
     def objective(trial: Any) -> float:
-        draft = suggest(trial, model.num_layers, max_k, modes)
+        draft = suggest(trial, model.num_layers, max_k, modes, default if default and default.draft_adapter else None)
         tps = measure(model, prompts, config, "self_speculative", draft)
         history.append({"trial": trial.number, "draft": draft.to_dict(), "tokens_per_second": tps})
         return tps
@@ -105,8 +113,10 @@ def tune(
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     if default:
-        study.enqueue_trial({"exit_layer": default.exit_layer, "num_speculations": min(default.num_speculations or 1, max_k),
-                             "mode": "early_exit", "draft_length": "fixed"})
+        first = {"num_speculations": min(default.num_speculations or 1, max_k), "mode": "early_exit", "draft_length": "fixed"}
+        if default.draft_adapter is None:
+            first["exit_layer"] = default.exit_layer
+        study.enqueue_trial(first)
     study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[callback])
     best_entry = max(history, key=lambda h: h["tokens_per_second"])
     best = DraftConfig.from_dict(best_entry["draft"])

@@ -5,9 +5,14 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 import torch
 
 from helpers import dampen_layers
+
+from layerskip.adapter import init_adapter, save_adapter
+from layerskip.adapter_drafter import AdapterDrafter
+from layerskip.draft_head import save_ranking
 
 from layerskip.drafting import EarlyExitDrafter
 from layerskip.loading import load_model
@@ -63,7 +68,21 @@ def test_accept_sampled_equal_distributions_always_accepts():
         assert verdict.accepted == 2 and verdict.tokens == [2, 1, 0]
 
 
-def test_self_speculative_sampling_reproduces_full_model_distribution(tiny_dir):
+def make_drafter(kind: str, model, directory):
+    """An exit-1 drafter: plain, over a frequency-ranked vocabulary subset, or through an adapter."""
+    if kind == "early_exit":
+        return EarlyExitDrafter(1, 2)
+    ranking = torch.arange(model.config.vocab_size - 1, -1, -1)  # favour high ids; the subset drops the rest
+    save_ranking(directory, ranking)
+    if kind == "draft_vocab":
+        model.source_path = directory
+        return EarlyExitDrafter(1, 2, draft_vocab=150)
+    save_adapter(init_adapter(model, 1, "attention", model.num_layers - 1), directory)
+    return AdapterDrafter(directory, 2, draft_vocab=200 if kind == "adapter_draft_vocab" else None)
+
+
+@pytest.mark.parametrize("kind", ["early_exit", "draft_vocab", "adapter", "adapter_draft_vocab"])
+def test_self_speculative_sampling_reproduces_full_model_distribution(tiny_dir, tmp_path, kind):
     """Joint law of the first three generated tokens vs the exact full-model law (top-k 3)."""
     tiny_model = load_model(tiny_dir, torch.device("cpu"), torch.float32)
     dampen_layers(tiny_model, 1, 0.3)  # the exit-1 draft agrees with the full model only partly
@@ -83,7 +102,7 @@ def test_self_speculative_sampling_reproduces_full_model_distribution(tiny_dir):
                     exact[(a, b, c)] = float(p1[a] * p2[b] * p3[c])
     n = 1500
     counts: dict[tuple, int] = {}
-    drafter = EarlyExitDrafter(1, 2)
+    drafter = make_drafter(kind, tiny_model, tmp_path)
     accepted = drafted = 0
     for seed in range(n):
         got = generate(tiny_model, prompt, GenerationConfig(max_steps=3, sampling=sampling, seed=seed), drafter)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from layerskip import __version__
-from layerskip.cli import benchmark, correctness, evaluate, generate, self_generate, sweep, train, tune
+from layerskip.cli import benchmark, correctness, evaluate, generate, self_generate, sweep, train, train_adapter, tune
 from layerskip.cli.arguments import ArgumentParser
 from layerskip.errors import LayerskipError
 
@@ -16,6 +16,7 @@ def build_parser() -> ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     generate.register(subparsers)
     train.register(subparsers)
+    train_adapter.register(subparsers)
     self_generate.register(subparsers)
     benchmark.register(subparsers)
     sweep.register(subparsers)

@@ -85,6 +85,10 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         help="fixed k; threshold: stop below a confidence (Draft & Verify, adapted online); heuristic: k+2 / k-1")
     add(drafts, "confidence_threshold", type=float, default=None, help="draft_length threshold: initial gamma (0.6)")
     add(drafts, "draft_config", default=None, help="a draft configuration JSON (from layerskip tune); flags override it")
+    add(drafts, "draft_adapter", default=None,
+        help="a trained draft adapter directory (layerskip train-adapter): draft = layers 0..E-1 + adapter + shared head")
+    add(drafts, "draft_vocab", type=int, default=None,
+        help="draft over only the N most frequent tokens (FR-Spec; ranking from the adapter or checkpoint directory)")
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:

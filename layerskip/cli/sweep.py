@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from layerskip.adapter import read_adapter_config
 from layerskip.cli.arguments import add, add_dataset_arguments, add_generation_arguments, add_model_arguments
 from layerskip.cli.harness import default_draft, prepare
 from layerskip.errors import LayerskipError
@@ -75,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     ks = grid(args.num_speculations_first, args.num_speculations_last, args.num_speculations_step, "num_speculations")
     baseline = StrategySpec("layerskip", "autoregressive")
     base = default_draft(args, harness.loaded)
+    if base.draft_adapter is not None:  # an adapter drafts at the exit layer it was trained for
+        exits = [read_adapter_config(base.draft_adapter).exit_layer]
     points = [StrategySpec("layerskip", "self_speculative", base.merged(exit_layer=e, num_speculations=k)) for e in exits for k in ks]
     specs = [baseline, *points]
     harness.ensure_engines(specs)

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         config = replace(config, sampling=SamplingConfig(sample=False))
     prompts = [harness.encode(s.prompt) for s in harness.samples]
     default = default_draft(args, harness.loaded)
-    if default.exit_layer is None or default.num_speculations is None:
+    if (default.exit_layer is None and default.draft_adapter is None) or default.num_speculations is None:
         default = None
     bar = tqdm(total=args.trials, desc="tune", disable=args.no_progress, file=sys.stderr)
 

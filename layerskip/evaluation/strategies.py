@@ -97,11 +97,13 @@ def validate_spec(spec: StrategySpec, num_layers: int) -> None:
     if spec.engine == "transformers":
         if spec.name == "autoregressive" and (spec.exit_layer is not None or spec.draft.criteria):
             raise LayerskipError("transformers has no early-exit inference; use hf:autoregressive without an exit layer")
+        if spec.name == "self_speculative" and (spec.draft.draft_adapter or spec.draft.draft_vocab):
+            raise LayerskipError(f"{spec.label}: transformers has no draft adapters or draft vocabularies")
         if spec.name == "self_speculative" and not spec.draft.is_plain:
             raise LayerskipError(f"{spec.label}: transformers only drafts with a fixed early exit (assistant_early_exit)")
         if spec.name == "self_speculative" and spec.draft.draft_length != "fixed":
             raise LayerskipError(f"{spec.label}: transformers drafts a fixed number of tokens; add draft_length=fixed to the strategy")
-    if spec.name == "self_speculative" and (spec.exit_layer is None and spec.draft.is_plain or spec.num_speculations is None):
+    if spec.name == "self_speculative" and (not spec.draft.defines_draft or spec.num_speculations is None):
         raise LayerskipError(f"strategy {spec.label} needs an exit layer and a number of speculations")
     validate(spec.draft, num_layers, spec.name == "self_speculative")
 
