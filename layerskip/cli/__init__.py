@@ -8,6 +8,7 @@ from layerskip import __version__
 from layerskip.cli import benchmark, correctness, evaluate, generate, self_generate, sweep, train, tune
 from layerskip.cli.arguments import ArgumentParser
 from layerskip.errors import LayerskipError
+from layerskip.validation import check_arguments
 
 
 def build_parser() -> ArgumentParser:
@@ -28,6 +29,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)
         return int(args.handler(args) or 0)
     except LayerskipError as exc:
         sys.stderr.write(f"layerskip {args.command}: error: {exc}\n")

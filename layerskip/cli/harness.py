@@ -14,6 +14,7 @@ from layerskip.evaluation.datasets import Sample, load_samples
 from layerskip.evaluation.strategies import LayerskipEngine, StrategySpec, TransformersEngine, validate_spec
 from layerskip.generation import GenerationConfig
 from layerskip.loading import LoadedModel, load
+from layerskip.validation import writable_dir
 
 
 @dataclass
@@ -39,8 +40,7 @@ class Harness:
 
 
 def prepare(args: argparse.Namespace) -> Harness:
-    if args.num_samples is not None and args.num_samples < 1:
-        raise LayerskipError("--num_samples must be >= 1")
+    writable_dir(args.output_dir, "--output_dir")
     samples = load_samples(args.dataset, args.data_path, args.num_samples, args.n_shot, args.template, args.seed,
                            args.random_shuffle, args.prompt_field, args.response_field)
     world = init_world()
