@@ -61,3 +61,31 @@ def test_a_resumed_run_keeps_its_records_and_fingerprint(finished_run, tiny_dir,
     doc = json.loads(doc_path.read_text())
     assert doc["fingerprint"] == fingerprint and doc["status"] == "complete"
     assert doc["results"]["autoregressive"]["samples"] == 2
+
+
+def test_self_generate_continues_only_its_own_file(tiny_dir, tmp_path, capsys):
+    from helpers import write_corpus
+
+    (tmp_path / "corpus").mkdir()
+    corpus = write_corpus(tmp_path / "corpus", 2)
+
+    def self_generate(output, new_tokens: int) -> int:
+        return main(["self-generate", "--model", str(tiny_dir), "--corpus", str(corpus), "--output", str(output),
+                     "--prefix_tokens", "4", "--batch_size", "2", "--dtype", "float32", "--no_progress",
+                     "--num_sequences", "3", "--new_tokens", str(new_tokens)])
+
+    out = tmp_path / "gen.jsonl"
+    assert self_generate(out, 2) == 0
+    first = out.read_bytes()
+    assert self_generate(out, 2) == 0  # the same run again: nothing to add
+    assert out.read_bytes() == first
+    capsys.readouterr()
+    assert self_generate(out, 3) == 1
+    assert "other settings (new_tokens: 2 -> 3)" in one_error_line(capsys)
+    assert out.read_bytes() == first
+
+    text = tmp_path / "notes.txt"
+    text.write_text("my notes\n")
+    assert self_generate(text, 2) == 1
+    assert "was not written by layerskip self-generate" in one_error_line(capsys)
+    assert text.read_text() == "my notes\n"
