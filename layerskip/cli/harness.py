@@ -13,6 +13,7 @@ from layerskip.errors import LayerskipError
 from layerskip.evaluation.datasets import Sample, load_samples
 from layerskip.evaluation.strategies import LayerskipEngine, StrategySpec, TransformersEngine, validate_spec
 from layerskip.generation import GenerationConfig
+from layerskip.limits import check_fits
 from layerskip.loading import LoadedModel, load
 from layerskip.validation import writable_dir
 
@@ -46,6 +47,8 @@ def prepare(args: argparse.Namespace) -> Harness:
     world = init_world()
     loaded = load(args.model, args.device, args.dtype)
     config = generation_config(args, model_eos_ids(loaded.model, loaded.tokenizer))
+    longest = max((len(loaded.tokenizer(s.prompt)["input_ids"]) for s in samples), default=0)
+    check_fits(loaded.model, longest, config.max_steps)  # every prompt, before any generation
     return Harness(loaded, samples, config, world, {"layerskip": LayerskipEngine(loaded, args.seed)})
 
 
