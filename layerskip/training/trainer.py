@@ -43,7 +43,9 @@ from layerskip.training.early_exit_loss import enabled_layers, layer_scales, nor
 from layerskip.training.layer_dropout import dropout_rates, sample_keep_mask
 from layerskip.training.objective import EarlyExitObjective, mean_exit_statistics
 from layerskip.training.schedule import learning_rate
+from layerskip.validation import as_float, as_int, writable_dir
 
+COUNTS_FROM_ZERO = ("warmup", "eval_every", "eval_batches", "eval_prompts", "save_every")
 CONFIG_FILE = "train_config.json"
 CHECKPOINT_DIR = "checkpoint"
 FINAL_DIR = "final"
@@ -89,6 +91,19 @@ class TrainConfig:
     save_dtype: str = "bfloat16"
 
     def validate(self) -> None:
+        """One error line for the first bad value, before anything is read or allocated."""
+        for f in fields(self):
+            value, name = getattr(self, f.name), f"--{f.name}"
+            if str(f.type) == "int":
+                as_int(value, name, None if f.name == "seed" else (0 if f.name in COUNTS_FROM_ZERO else 1),
+                       1 << 22 if f.name == "vocab_size" else (1024 if f.name == "num_layers" else None))
+            elif str(f.type) == "float":
+                as_float(value, name, 0.0)
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise LayerskipError("--lr must be > 0 and --min_lr_ratio in [0, 1]")
+        if self.init_model is None and self.seq_len > self.max_position_embeddings:
+            raise LayerskipError(f"--seq_len {self.seq_len} exceeds --max_position_embeddings {self.max_position_embeddings}")
+        writable_dir(self.output_dir, "--output_dir")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.seq_len < 2:
             raise LayerskipError("steps, batch_size, grad_accum must be >= 1 and seq_len >= 2")
         if not 0 <= self.p_max <= 1:
