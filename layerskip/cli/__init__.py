@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except LayerskipError as exc:
         sys.stderr.write(f"layerskip {args.command}: error: {exc}\n")
         return 1
+    except UnicodeDecodeError as exc:  # input read as text (stdin, a data file) that is not UTF-8
+        sys.stderr.write(f"layerskip {args.command}: error: input is not valid UTF-8 ({exc.reason} at byte {exc.start})\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
