@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from layerskip.cli.arguments import add
 from layerskip.evaluation.fingerprint import digest, model_identity
+from layerskip.limits import check_fits
 from layerskip.training.self_generated import (
     check_sizes,
     claim_output,
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size)
     output = writable_file(args.output, "--output")
     loaded = load(args.model, device=args.device, dtype=args.dtype)
+    check_fits(loaded.model, args.prefix_tokens, args.new_tokens, batch_size=args.batch_size, steps_flag="--new_tokens")
     prefixes = training_prefixes(loaded.tokenizer, args.corpus, args.num_sequences, args.prefix_tokens, args.seed, args.text_field)
     fingerprint = {"model": model_identity(loaded.path), "prefixes": digest(prefixes.tolist()),
                    "new_tokens": args.new_tokens, "batch_size": args.batch_size, "text_field": args.text_field,
