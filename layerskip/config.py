@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from layerskip.errors import LayerskipError, read_json_object
+from layerskip.validation import check_model_config
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
@@ -50,6 +51,7 @@ class ModelConfig:
                 f"unsupported architecture: model_type={model_type!r} "
                 f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
             )
+        check_model_config(raw, "config.json")
         if raw.get("hidden_act", "silu") != "silu":
             raise LayerskipError(f"unsupported hidden_act {raw.get('hidden_act')!r} (only silu)")
         try:

@@ -19,6 +19,7 @@ from layerskip.errors import LayerskipError, read_json_object
 from layerskip.exit_criteria import ExitCriterion, make_criterion
 from layerskip.layerwise_drafter import LayerwiseDrafter
 from layerskip.model import SkipSet
+from layerskip.validation import as_int, check_fields
 
 CRITERION_OPTIONS = ("threshold", "patience", "temperature", "high", "low")
 
@@ -84,6 +85,7 @@ class DraftConfig:
         if unknown:
             raise LayerskipError(f"{source}: unknown key(s) {', '.join(unknown)}")
         values = {k: v for k, v in raw.items() if k in names}
+        check_fields(cls, values, source)
         if "skip_layers" in raw:
             values.update(parse_skip_layers(raw["skip_layers"], source))
         for key in ("skip_attn", "skip_mlp"):
@@ -108,10 +110,10 @@ def parse_skip_layers(value: Any, source: str = "--skip_layers") -> dict[str, tu
             raise LayerskipError(f"{source}: expected JSON like '{{\"attn\": [3], \"mlp\": [4]}}' ({exc.msg})") from None
     if not isinstance(value, dict) or set(value) - {"attn", "mlp"}:
         raise LayerskipError(f'{source}: expected an object with "attn" and/or "mlp" lists')
-    try:
-        return {f"skip_{k}": tuple(sorted(int(x) for x in value.get(k, []))) for k in ("attn", "mlp")}
-    except (TypeError, ValueError):
-        raise LayerskipError(f"{source}: layer indices must be integers") from None
+    lists = {k: value.get(k, []) for k in ("attn", "mlp")}
+    if not all(isinstance(v, list) for v in lists.values()):
+        raise LayerskipError(f'{source}: expected an object with "attn" and/or "mlp" lists')
+    return {f"skip_{k}": tuple(sorted(as_int(x, f"{source} {k}") for x in v)) for k, v in lists.items()}
 
 
 def load_draft_config(path: str) -> DraftConfig:

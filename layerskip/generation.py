@@ -16,7 +16,9 @@ import torch
 from layerskip.cache import KVCache
 from layerskip.drafting import DecodeState, Draft, Drafter
 from layerskip.dynamic_exit import dynamic_exit_logits
+from layerskip.errors import LayerskipError
 from layerskip.exit_criteria import ExitCriterion
+from layerskip.limits import check_fits
 from layerskip.model import LlamaForCausalLM
 from layerskip.sampling import SamplingConfig, process_logits, select
 from layerskip.verification import Verdict, verify
@@ -132,6 +134,7 @@ def generate(
         generator = torch.Generator(device=device)
         generator.manual_seed(0 if config.seed is None else config.seed)
     max_draft = drafter.max_tokens if drafter else 0
+    check_fits(model, len(prompt_ids), config.max_steps, max_draft + 1)
     cache = KVCache(model.config, 1, len(prompt_ids) + config.max_steps + max_draft + 1, device, model.dtype)
     stop_ids = frozenset(config.stop_token_ids)
     stats = GenerationStats()
@@ -149,7 +152,11 @@ def generate(
     start_time = time.perf_counter()
     prompt = torch.tensor([list(prompt_ids)], device=device)
     hidden = model.run_layers(model.embed(prompt), 0, depth, cache, 0)
-    logits = process_logits(model.unembed(hidden[:, -1:])[:, -1].float(), config.sampling, [list(prompt_ids)])
+    logits = model.unembed(hidden[:, -1:])[:, -1].float()
+    if not torch.isfinite(logits).all():  # once per generation: a damaged checkpoint is non-finite everywhere
+        raise LayerskipError("the model's logits on the prompt are not finite (NaN or inf): its weights are damaged, "
+                             "or its activations overflow this dtype (try --dtype float32)")
+    logits = process_logits(logits, config.sampling, [list(prompt_ids)])
     first, _ = select(logits, config.sampling, generator)
     generated = [int(first[0])]
     cache.commit(len(prompt_ids))

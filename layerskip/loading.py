@@ -7,7 +7,6 @@ A checkpoint is a directory with ``config.json``, one or several ``*.safetensors
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -17,8 +16,9 @@ from typing import Any
 import torch
 
 from layerskip.config import ModelConfig
-from layerskip.errors import LayerskipError
+from layerskip.errors import LayerskipError, read_json_object
 from layerskip.model import LlamaForCausalLM
+from layerskip.validation import inside
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -37,10 +37,7 @@ def recommended_settings(path: Path) -> dict[str, Any]:
     file = path / RECOMMENDED_FILE
     if not file.exists():
         return {}
-    try:
-        raw = json.loads(file.read_text()).get("recommended", {})
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise LayerskipError(f"corrupt {file}: {exc}") from None
+    raw = read_json_object(file, f"corrupt {file}", f"missing {file}").get("recommended", {})
     if not isinstance(raw, dict):
         raise LayerskipError(f"corrupt {file}: 'recommended' must be an object")
     if isinstance(raw.get("draft_adapter"), str):  # stored relative to the checkpoint
@@ -51,10 +48,12 @@ def recommended_settings(path: Path) -> dict[str, Any]:
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LayerskipError("--device cuda requested but no CUDA device is available")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise LayerskipError(f"unknown device {name!r} (use auto, cpu or cuda)")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise LayerskipError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LayerskipError(f"--device {name} requested but no CUDA device is available")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise LayerskipError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
 
 
@@ -124,11 +123,10 @@ def _download(repo_id: str) -> Path:
 def weight_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise LayerskipError(f"corrupt {index}: {exc!r}") from None
-        files = sorted({path / name for name in weight_map.values()})
+        weight_map = read_json_object(index, f"corrupt {index}", f"missing {index}").get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise LayerskipError(f"corrupt {index}: weight_map must be an object")
+        files = sorted({inside(path, name, str(index)) for name in weight_map.values()})
         missing = [f.name for f in files if not f.exists()]
         if missing:
             raise LayerskipError(f"{index} names missing shard(s): {', '.join(missing)}")

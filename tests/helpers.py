@@ -56,7 +56,7 @@ def make_checkpoint(
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
-        max_position_embeddings=512,
+        max_position_embeddings=4096,  # every HumanEval prompt fits, in the tiny byte-level tokenizer too
         rope_theta=rope_theta,
         rope_scaling=rope_scaling,
         tie_word_embeddings=tie,

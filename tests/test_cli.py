@@ -85,7 +85,7 @@ def broken_dirs(tiny_dir, tmp_path):
     "extra, needle",
     [
         (["--generation_strategy", "self_speculative", "--exit_layer", "4", "--num_speculations", "3"], "--exit_layer 4 outside 1..3"),
-        (["--generation_strategy", "self_speculative", "--exit_layer", "0", "--num_speculations", "3"], "--exit_layer 0 outside"),
+        (["--generation_strategy", "self_speculative", "--exit_layer", "0", "--num_speculations", "3"], "--exit_layer must be >= 1"),
         (["--generation_strategy", "self_speculative", "--exit_layer", "2", "--num_speculations", "0"], "--num_speculations must be >= 1"),
         (["--generation_strategy", "self_speculative"], "needs --exit_layer and --num_speculations"),
         (["--exit_layer", "9"], "outside 1..4"),

@@ -8,6 +8,7 @@ from layerskip import __version__
 from layerskip.cli import benchmark, correctness, evaluate, generate, self_generate, sweep, train, train_adapter, tune
 from layerskip.cli.arguments import ArgumentParser
 from layerskip.errors import LayerskipError
+from layerskip.validation import check_arguments
 
 
 def build_parser() -> ArgumentParser:
@@ -29,9 +30,13 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)
         return int(args.handler(args) or 0)
     except LayerskipError as exc:
         sys.stderr.write(f"layerskip {args.command}: error: {exc}\n")
+        return 1
+    except UnicodeDecodeError as exc:  # input read as text (stdin, a data file) that is not UTF-8
+        sys.stderr.write(f"layerskip {args.command}: error: input is not valid UTF-8 ({exc.reason} at byte {exc.start})\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

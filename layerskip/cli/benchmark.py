@@ -5,13 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict
+from typing import Any
 
 from layerskip.cli.arguments import add, add_dataset_arguments, add_generation_arguments, add_model_arguments
-from layerskip.cli.harness import default_draft, prepare
+from layerskip.cli.harness import Harness, default_draft, prepare
 from layerskip.cli.settings import draft_config
 from layerskip.draft_config import DraftConfig
 from layerskip.errors import LayerskipError
-from layerskip.evaluation.records import SampleLog, environment, merge_rank_logs, rank_log, run_paths, write_json
+from layerskip.evaluation.fingerprint import digest, model_identity, normalized
+from layerskip.evaluation.records import (
+    RUN_FORMAT,
+    SampleLog,
+    environment,
+    merge_rank_logs,
+    rank_log,
+    run_paths,
+    write_json,
+)
+from layerskip.evaluation.sandbox import require_sandbox
 from layerskip.evaluation.runner import aggregate, run_interleaved, summary_table
 from layerskip.evaluation.strategies import StrategySpec, parse_spec
 
@@ -56,19 +67,38 @@ def strategy_specs(args: argparse.Namespace, loaded) -> list[StrategySpec]:
     return specs
 
 
+def run_fingerprint(harness: Harness, specs: list[StrategySpec], execute: bool) -> dict[str, Any]:
+    """Everything that determines the run's records: a resumed run must match it exactly."""
+    model = harness.loaded.model
+    return normalized({
+        "model": model_identity(harness.loaded.path),
+        "samples": digest((s.id, s.prompt, s.reference) for s in harness.samples),
+        "num_samples": len(harness.samples),
+        "strategies": [s.label for s in specs],
+        "generation": asdict(harness.config),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": model.device.type,
+        "code_execution": execute,
+    })
+
+
 def run(args: argparse.Namespace) -> int:
     if args.resume == ".":
         args.resume = args.output_dir
+    if args.allow_code_execution and args.dataset != "human_eval":
+        raise LayerskipError("--allow_code_execution only applies to --dataset human_eval")
+    execute = args.allow_code_execution and args.dataset == "human_eval"
+    if execute:
+        require_sandbox()
     harness = prepare(args)
     specs = strategy_specs(args, harness.loaded)
     harness.ensure_engines(specs)
-    json_path, samples_path = harness.world.broadcast(run_paths(args.output_dir, "benchmark", args.dataset, args.resume))
+    fingerprint = run_fingerprint(harness, specs, execute)
     world = harness.world
+    paths = run_paths(args.output_dir, "benchmark", args.dataset, args.resume, fingerprint) if world.is_main else None
+    json_path, samples_path = world.broadcast(paths)
     log = rank_log(samples_path, world.size, world.rank)
     done = {(r["sample_id"], r["strategy"]) for r in SampleLog(samples_path).read() + (log.read() if world.size > 1 else [])}
-    execute = args.allow_code_execution and args.dataset == "human_eval"
-    if args.allow_code_execution and args.dataset != "human_eval":
-        raise LayerskipError("--allow_code_execution only applies to --dataset human_eval")
     run_interleaved(world.shard(harness.samples), specs, harness.engines, harness.encode, harness.config, log, done,
                     execute, world.rank, progress=not args.no_progress and world.is_main)
     world.barrier()
@@ -78,7 +108,10 @@ def run(args: argparse.Namespace) -> int:
     records = [r for r in merge_rank_logs(samples_path, world.size) if r["strategy"] in labels]
     aggregates = aggregate(records, specs)
     document = {
+        "format": RUN_FORMAT,
         "command": "benchmark",
+        "status": "complete",
+        "fingerprint": fingerprint,
         "arguments": vars(args) | {"handler": None},
         "generation": asdict(harness.config),
         "model": str(harness.loaded.path),

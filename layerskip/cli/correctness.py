@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         candidate = StrategySpec("layerskip", "autoregressive", draft_config(args))
     specs = [baseline, candidate]
     harness.ensure_engines(specs)
-    json_path, samples_path = harness.world.broadcast(run_paths(args.output_dir, "correctness", args.dataset, None))
+    json_path, samples_path = harness.world.broadcast(
+        run_paths(args.output_dir, "correctness", args.dataset) if harness.world.is_main else None)
     world = harness.world
     run_interleaved(world.shard(harness.samples), specs, harness.engines, harness.encode, harness.config,
                     rank_log(samples_path, world.size, world.rank), progress=not args.no_progress and world.is_main,

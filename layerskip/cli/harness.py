@@ -13,7 +13,9 @@ from layerskip.errors import LayerskipError
 from layerskip.evaluation.datasets import Sample, load_samples
 from layerskip.evaluation.strategies import LayerskipEngine, StrategySpec, TransformersEngine, validate_spec
 from layerskip.generation import GenerationConfig
+from layerskip.limits import check_fits
 from layerskip.loading import LoadedModel, load
+from layerskip.validation import writable_dir
 
 
 @dataclass
@@ -39,13 +41,14 @@ class Harness:
 
 
 def prepare(args: argparse.Namespace) -> Harness:
-    if args.num_samples is not None and args.num_samples < 1:
-        raise LayerskipError("--num_samples must be >= 1")
+    writable_dir(args.output_dir, "--output_dir")
     samples = load_samples(args.dataset, args.data_path, args.num_samples, args.n_shot, args.template, args.seed,
                            args.random_shuffle, args.prompt_field, args.response_field)
     world = init_world()
     loaded = load(args.model, args.device, args.dtype)
     config = generation_config(args, model_eos_ids(loaded.model, loaded.tokenizer))
+    longest = max((len(loaded.tokenizer(s.prompt)["input_ids"]) for s in samples), default=0)
+    check_fits(loaded.model, longest, config.max_steps)  # every prompt, before any generation
     return Harness(loaded, samples, config, world, {"layerskip": LayerskipEngine(loaded, args.seed)})
 
 

@@ -4,17 +4,19 @@ for sequence-level self-distillation of its early exits (``layerskip.training.se
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from tqdm import tqdm
 
 from layerskip.cli.arguments import add
+from layerskip.evaluation.fingerprint import digest, model_identity
+from layerskip.limits import check_fits
 from layerskip.training.self_generated import (
     check_sizes,
-    existing_records,
+    claim_output,
     training_prefixes,
     write_self_generated_corpus,
 )
+from layerskip.validation import writable_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add(parser, "dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     add(parser, "corpus", default="stdlib", help="where prefixes come from (its training split): 'stdlib', a directory, a glob or a .jsonl file")
     add(parser, "text_field", default="text", help="the text field of JSONL records (read and written)")
-    add(parser, "output", required=True, help="JSONL file to write; records already there are kept and skipped")
+    add(parser, "output", required=True,
+        help="JSONL file to write; a file from an interrupted run with the same settings is continued, any other is refused")
     add(parser, "num_sequences", type=int, default=8000)
     add(parser, "prefix_tokens", type=int, default=128)
     add(parser, "new_tokens", type=int, default=128)
@@ -39,10 +42,14 @@ def run(args: argparse.Namespace) -> int:
 
     check_sizes(num_sequences=args.num_sequences, prefix_tokens=args.prefix_tokens, new_tokens=args.new_tokens,
                 batch_size=args.batch_size)
+    output = writable_file(args.output, "--output")
     loaded = load(args.model, device=args.device, dtype=args.dtype)
+    check_fits(loaded.model, args.prefix_tokens, args.new_tokens, batch_size=args.batch_size, steps_flag="--new_tokens")
     prefixes = training_prefixes(loaded.tokenizer, args.corpus, args.num_sequences, args.prefix_tokens, args.seed, args.text_field)
-    output = Path(args.output)
-    done = min(existing_records(output), args.num_sequences)
+    fingerprint = {"model": model_identity(loaded.path), "prefixes": digest(prefixes.tolist()),
+                   "new_tokens": args.new_tokens, "batch_size": args.batch_size, "text_field": args.text_field,
+                   "dtype": str(loaded.model.dtype).removeprefix("torch."), "device": loaded.model.device.type}
+    done = min(claim_output(output, fingerprint), args.num_sequences)
     with tqdm(total=args.num_sequences, initial=done, unit="seq", disable=args.no_progress) as bar:
         total = write_self_generated_corpus(loaded.model, loaded.tokenizer, prefixes, output, args.new_tokens,
                                             args.batch_size, args.text_field, on_batch=bar.update)

@@ -21,8 +21,6 @@ def model_eos_ids(model: LlamaForCausalLM, tokenizer: object) -> tuple[int, ...]
 
 
 def generation_config(args: argparse.Namespace, eos_ids: tuple[int, ...]) -> GenerationConfig:
-    if args.max_steps < 1:
-        raise LayerskipError(f"--max_steps must be >= 1, got {args.max_steps}")
     try:
         sampling = SamplingConfig(
             sample=args.sample,
@@ -47,8 +45,8 @@ def draft_config(args: argparse.Namespace, recommended: dict | None = None) -> D
         base = DraftConfig.from_dict(recommended, "the model's recommended setting")
     else:
         base = DraftConfig()
-    exit_layer = args.exit_layer if args.exit_layer is None or args.exit_layer >= 0 else None  # upstream -1: unset
-    k = args.num_speculations if args.num_speculations is None or args.num_speculations >= 0 else None
+    exit_layer = None if args.exit_layer == -1 else args.exit_layer  # upstream's -1: unset (other negatives
+    k = None if args.num_speculations == -1 else args.num_speculations  # are refused by check_arguments)
     skips = parse_skip_layers(args.skip_layers) if getattr(args, "skip_layers", None) else {}
     return base.merged(
         exit_layer=exit_layer, num_speculations=k, criteria=args.criteria, threshold=args.criteria_threshold,

@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     points = [StrategySpec("layerskip", "self_speculative", base.merged(exit_layer=e, num_speculations=k)) for e in exits for k in ks]
     specs = [baseline, *points]
     harness.ensure_engines(specs)
-    json_path, samples_path = harness.world.broadcast(run_paths(args.output_dir, "sweep", args.dataset, None))
+    json_path, samples_path = harness.world.broadcast(
+        run_paths(args.output_dir, "sweep", args.dataset) if harness.world.is_main else None)
     world = harness.world
     log = rank_log(samples_path, world.size, world.rank)
     run_interleaved(world.shard(harness.samples), specs, harness.engines, harness.encode, harness.config, log,

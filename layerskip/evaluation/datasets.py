@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -69,14 +70,19 @@ FORMATS: dict[str, Callable[[dict], tuple[str, str]]] = {
 
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
-    """Records of a JSONL file; a malformed line fails with the file and line number."""
+    """Records of a JSONL file whose ``required`` fields are strings; a malformed line fails with
+    the file and line number."""
     records = []
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")
     except OSError as exc:
         raise LayerskipError(f"cannot read {path}: {exc.strerror}") from None
     with handle:
-        for number, line in enumerate(handle, 1):
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise LayerskipError(f"{path}:{number}: not valid UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -88,8 +94,32 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
             missing = [f for f in required if f not in record]
             if missing:
                 raise LayerskipError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+            wrong = [f for f in required if not isinstance(record[f], str)]
+            if wrong:
+                raise LayerskipError(f"{path}:{number}: field(s) {', '.join(wrong)} must be strings")
             records.append(record)
     return records
+
+
+def check_template(template: str) -> None:
+    """A format string whose only field is ``{message}`` (literal braces doubled)."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise LayerskipError(f"--template: {exc} (write {{{{ and }}}} for literal braces)") from None
+    if names != {"message"}:
+        unknown = sorted(names - {"message"})
+        raise LayerskipError(f"--template: unknown field(s) {', '.join('{' + n + '}' for n in unknown)} "
+                             "(only {message}; write {{ and }} for literal braces)" if unknown else
+                             "--template must contain {message}")
+
+
+def check_unique_ids(samples: list[Sample], dataset: str) -> None:
+    seen: set[str] = set()
+    for sample in samples:
+        if sample.id in seen:
+            raise LayerskipError(f"{dataset}: duplicate sample id {sample.id!r} (ids must be unique: results and resume are keyed by them)")
+        seen.add(sample.id)
 
 
 def _local_split(data_path: Path, split: str, fields: tuple[str, ...]) -> list[dict] | None:
@@ -164,8 +194,8 @@ def load_samples(
         raise LayerskipError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)})")
     if n_shot < 0:
         raise LayerskipError("--n_shot must be >= 0")
-    if template is not None and "{message}" not in template:
-        raise LayerskipError("--template must contain {message}")
+    if template is not None:
+        check_template(template)
     local = Path(data_path).expanduser() if data_path else None
     if local is not None and not local.exists():
         raise LayerskipError(f"--data_path {data_path}: no such file or directory")
@@ -192,6 +222,7 @@ def load_samples(
                 shots = _records_to_samples(train, fmt, "train-")
     if not samples:
         raise LayerskipError(f"{dataset}: no samples")
+    check_unique_ids(samples, dataset)
     rng = random.Random(seed)
     if random_shuffle:
         samples = samples[:]

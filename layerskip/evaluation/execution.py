@@ -1,30 +1,14 @@
-"""Run a HumanEval completion against its tests in a separate, resource-limited process.
+"""Run a HumanEval completion against its tests, confined (``layerskip.evaluation.sandbox``).
 
 Only called when the user passes ``--allow_code_execution``: model-written code is untrusted.
-Each program runs in a fresh ``python -I`` subprocess in an empty temporary directory, with a
-wall-clock timeout and limits on CPU time, address space, file size and open files.
+A completion passes only when the problem's ``check()`` ran to its end inside the sandbox.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
 from typing import Any
 
-MEMORY_LIMIT = 1 << 30  # 1 GiB
-FILE_LIMIT = 1 << 20
-
-
-def _limits(cpu_seconds: int) -> None:  # runs in the child before exec
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-    os.setsid()
+from layerskip.evaluation.sandbox import run_sandboxed
 
 
 def check_program(problem: dict[str, Any], completion: str) -> str:
@@ -32,26 +16,16 @@ def check_program(problem: dict[str, Any], completion: str) -> str:
 
 
 def run_tests(problem: dict[str, Any], completion: str, timeout: float = 5.0) -> dict[str, Any]:
-    """``{"passed": bool, "result": "passed" | "timed out" | "failed: ..."}``."""
-    with tempfile.TemporaryDirectory() as workdir:
-        path = os.path.join(workdir, "program.py")
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(check_program(problem, completion))
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-I", path],
-                cwd=workdir,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"},
-                preexec_fn=lambda: _limits(int(timeout) + 1),
-            )
-        except subprocess.TimeoutExpired:
-            return {"passed": False, "result": "timed out"}
-    if proc.returncode == 0:
+    """``{"passed": bool, "result": "passed" | "timed out" | "failed: ..."}``.
+
+    Raises ``LayerskipError`` (one line) where the sandbox cannot be built on this machine.
+    """
+    result = run_sandboxed(check_program(problem, completion), timeout)
+    if result.timed_out:
+        return {"passed": False, "result": "timed out"}
+    if result.completed:
         return {"passed": True, "result": "passed"}
-    last = (proc.stderr.strip().splitlines() or ["exit status %d" % proc.returncode])[-1]
+    last = (result.stderr.splitlines() or [f"exit status {result.returncode} before the tests finished"])[-1]
     return {"passed": False, "result": f"failed: {last[:200]}"}
 
 

@@ -107,22 +107,73 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     return env
 
 
-def run_paths(output_dir: str, command: str, dataset: str, resume: str | None) -> tuple[Path, Path]:
-    """(JSON document, per-sample JSONL) for a new run, or those of the run to resume."""
+RUN_FORMAT = "layerskip-run/1"
+
+
+def run_paths(output_dir: str, command: str, dataset: str, resume: str | None = None,
+              fingerprint: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """(JSON document, per-sample JSONL) of a new run, or of the run ``resume`` names.
+
+    A new run gets names no file has yet, created at once: its JSON document (``RUN_FORMAT``,
+    ``command``, ``fingerprint``, ``status: running``) and an empty JSONL, so it never writes
+    over a file it did not create. ``resume`` (a run's .json or _samples.jsonl, or a directory:
+    its latest ``command`` run) continues only a run of this format and command whose
+    fingerprint equals ``fingerprint``; anything else is one error line, and nothing is written.
+    """
     if resume:
-        target = Path(resume)
-        if target.is_dir():
-            candidates = sorted(target.glob(f"{command}_*_samples.jsonl"), key=lambda p: p.stat().st_mtime)
-            if not candidates:
-                raise LayerskipError(f"--resume {resume}: no {command} run to resume there")
-            target = candidates[-1]
-        if not target.exists():
-            raise LayerskipError(f"--resume {resume}: no such file")
-        samples = target if target.name.endswith("_samples.jsonl") else target.with_name(target.stem + "_samples.jsonl")
-        return samples.with_name(samples.name.removesuffix("_samples.jsonl") + ".json"), samples
+        return _resumed_paths(resume, command, fingerprint)
+    directory = Path(output_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(output_dir) / f"{command}_{dataset}_{stamp}"
-    return base.with_suffix(".json"), base.with_name(base.name + "_samples.jsonl")
+    start = {"format": RUN_FORMAT, "command": command, "status": "running", "fingerprint": fingerprint}
+    for attempt in range(1000):
+        base = directory / f"{command}_{dataset}_{stamp}{f'-{attempt}' if attempt else ''}"
+        json_path, samples = base.with_suffix(".json"), base.with_name(base.name + "_samples.jsonl")
+        try:
+            with samples.open("x"):
+                pass
+        except FileExistsError:
+            continue
+        try:
+            with json_path.open("x") as handle:
+                handle.write(json.dumps(start, indent=2, default=str) + "\n")
+        except FileExistsError:
+            samples.unlink()
+            continue
+        return json_path, samples
+    raise LayerskipError(f"{directory}: cannot find a free name for the {command} run files")
+
+
+def _run_document(path: Path, command: str) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == RUN_FORMAT and doc.get("command") == command else None
+
+
+def _resumed_paths(resume: str, command: str, fingerprint: dict[str, Any] | None) -> tuple[Path, Path]:
+    from layerskip.evaluation.fingerprint import differences, normalized
+
+    target = Path(resume)
+    if target.is_dir():
+        runs = sorted((p for p in target.glob(f"{command}_*.json") if _run_document(p, command) is not None),
+                      key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise LayerskipError(f"--resume {resume}: no {command} run to resume there")
+        target = runs[-1]
+    elif not target.exists():
+        raise LayerskipError(f"--resume {resume}: no such file")
+    name = target.name
+    json_path = target.with_name(name.removesuffix("_samples.jsonl") + ".json") if name.endswith("_samples.jsonl") else target
+    samples = json_path.with_name(json_path.stem + "_samples.jsonl")
+    doc = _run_document(json_path, command)
+    if doc is None or json_path.suffix != ".json":
+        raise LayerskipError(f"--resume {resume}: not a run written by layerskip {command} (no {RUN_FORMAT} document "
+                             f"{json_path.name}); it is left untouched")
+    if normalized(doc.get("fingerprint")) != normalized(fingerprint):
+        raise LayerskipError(f"--resume {resume}: that run had other settings ({differences(doc.get('fingerprint') or {}, fingerprint or {})}); "
+                             "resume it with its own settings, or start a new run")
+    return json_path, samples
 
 
 def group(records: Iterable[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:

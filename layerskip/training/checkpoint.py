@@ -1,4 +1,4 @@
-"""Saving models in Hugging Face layout and training state for exact resumption.
+"""Saving models in Hugging Face layout, and crash-safe checkpoints of training state for exact resumption.
 
 Model weights are written as safetensors; the optimizer state goes through ``torch.save`` and is
 read back with ``weights_only=True`` (tensors and plain containers only, no arbitrary pickle).
@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from layerskip.errors import LayerskipError
 from layerskip.model import LlamaForCausalLM
 
 RECOMMENDED_FILE = "layerskip.json"
@@ -43,33 +46,137 @@ def save_pretrained(model: LlamaForCausalLM, directory: Path, tokenizer=None, dt
 
 
 def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves either the old or the new file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
+    _fsync(tmp)
     os.replace(tmp, path)
 
 
-def save_training_state(directory: Path, model: LlamaForCausalLM, optimizer: torch.optim.Optimizer, step: int, extra: dict[str, Any]) -> None:
-    """``directory/model.safetensors`` (fp32 master weights) + ``directory/state.pt``, written atomically."""
-    tmp_dir = directory.with_name(directory.name + ".tmp")
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    save_file(model_tensors(model), str(tmp_dir / "model.safetensors"), metadata={"format": "pt"})
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), **extra}, tmp_dir / "state.pt")
-    if directory.exists():
-        old = directory.with_name(directory.name + ".old")
+# ---- crash-safe checkpoints ----------------------------------------------------------------------
+#
+# A checkpoint is a directory: WEIGHTS (safetensors), STATE (torch.save of tensors and plain
+# containers, read back with weights_only=True) and MARKER, written last, which lists the other
+# files with their sizes and holds the JSON ``meta`` (its "step" orders checkpoints). The protocol:
+#
+#   1. write everything into ``NAME.tmp`` (any leftover removed first), fsync each file, MARKER last;
+#   2. move the current ``NAME`` (if complete) to ``NAME.old``, any leftover ``NAME.old`` removed first;
+#   3. rename ``NAME.tmp`` to ``NAME`` and fsync the parent directory;
+#   4. remove ``NAME.old``.
+#
+# A crash anywhere leaves at least one complete checkpoint among NAME, NAME.old and NAME.tmp (after
+# the first save). ``recover`` keeps the complete one with the highest step as ``NAME`` and removes
+# the rest, so later saves start from a clean state.
+
+WEIGHTS, STATE, MARKER = "model.safetensors", "state.pt", "complete.json"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return load_file(str(self.path / WEIGHTS))
+
+    def state(self) -> dict[str, Any]:
+        """What was saved as ``state`` ({} when nothing was)."""
+        file = self.path / STATE
+        return torch.load(file, weights_only=True) if file.exists() else {}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _sibling(directory: Path, suffix: str) -> Path:
+    return directory.with_name(directory.name + suffix)
+
+
+def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+    """Write a checkpoint to ``directory`` by the crash-safe protocol above.
+
+    ``tensors``: name -> tensor (safetensors); ``meta``: JSON-able, with an integer ``"step"``;
+    ``state``: optional tensors and plain containers (e.g. an optimizer's state dict).
+    """
+    directory = Path(os.path.normpath(directory))
+    tmp, old = _sibling(directory, ".tmp"), _sibling(directory, ".old")
+    _remove(tmp)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    if state is not None:
+        torch.save(state, tmp / STATE)
+    files = {f.name: f.stat().st_size for f in tmp.iterdir()}
+    for name in files:
+        _fsync(tmp / name)
+    (tmp / MARKER).write_text(json.dumps({"meta": {**meta, "step": int(meta["step"])}, "files": files}))
+    _fsync(tmp / MARKER)
+    _fsync(tmp)
+    _remove(old)
+    if _read(directory) is not None:
         os.replace(directory, old)
-        os.replace(tmp_dir, directory)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
     else:
-        os.replace(tmp_dir, directory)
+        _remove(directory)
+    os.replace(tmp, directory)
+    _fsync(directory.parent)
+    _remove(old)
 
 
-def load_training_state(directory: Path, model: LlamaForCausalLM, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    weights = load_file(str(directory / "model.safetensors"))
+def _read(directory: Path) -> Checkpoint | None:
+    """The checkpoint in ``directory`` if it is complete (its marker and every file it lists)."""
+    try:
+        marker = json.loads((directory / MARKER).read_text())
+        complete = all((directory / name).stat().st_size == size for name, size in marker["files"].items())
+        return Checkpoint(directory, marker["meta"]) if complete and isinstance(marker["meta"]["step"], int) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def recover(directory: Path) -> Checkpoint | None:
+    """After a crash at any point of ``save_checkpoint``: the latest complete checkpoint, moved to
+    ``directory``, with the leftovers removed (None when there is none)."""
+    directory = Path(os.path.normpath(directory))
+    candidates = [directory, _sibling(directory, ".old"), _sibling(directory, ".tmp")]
+    complete = [c for c in map(_read, candidates) if c is not None]
+    best = max(complete, key=lambda c: c.step, default=None)
+    if best is not None and best.path != directory:
+        _remove(directory)
+        os.replace(best.path, directory)
+        _fsync(directory.parent)
+        best = Checkpoint(directory, best.meta)
+    for leftover in candidates[1:]:
+        _remove(leftover)
+    if best is None and directory.exists():
+        raise LayerskipError(f"{directory} holds no complete checkpoint (damaged, or written by an older layerskip); "
+                             "move it away to start afresh")
+    return best
+
+
+def save_training_state(directory: Path, model: LlamaForCausalLM, optimizer: torch.optim.Optimizer, step: int, extra: dict[str, Any]) -> None:
+    """The fp32 master weights and the optimizer state at ``step``, by ``save_checkpoint``."""
+    save_checkpoint(directory, model_tensors(model), {"step": step, **extra}, {"optimizer": optimizer.state_dict()})
+
+
+def load_training_state(checkpoint: Checkpoint, model: LlamaForCausalLM, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Fill ``model`` and ``optimizer`` from ``checkpoint``; its meta (``step`` and the ``extra``)."""
+    weights = checkpoint.tensors()
     if model.config.tie_word_embeddings:
         weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
     model.load_state_dict(weights, strict=True)
-    state = torch.load(directory / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state.pop("optimizer"))
-    return state
+    optimizer.load_state_dict(checkpoint.state()["optimizer"])
+    return checkpoint.meta

@@ -43,8 +43,12 @@ class Document:
 
 
 def _read_jsonl(path: Path, field: str) -> Iterable[Document]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise LayerskipError(f"{path}:{number}: not valid UTF-8") from None
             if not line.strip():
                 continue
             try:

@@ -12,21 +12,25 @@ early exits as in Kangaroo, Liu et al. 2024, and Medusa-2's self-distillation, C
 
 Records: ``{"text": prefix + continuation, "prefix_tokens": P, "index": i}``. The prefixes are a
 pure function of ``(corpus, tokenizer, seed, prefix_tokens)``, so an interrupted run resumes by
-skipping the records already in the file.
+skipping the records already in the file; ``claim_output`` keeps the run's fingerprint beside the
+file and refuses to continue a file written with other settings, or any file it did not write.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from layerskip.cache import KVCache
-from layerskip.errors import LayerskipError
+from layerskip.errors import LayerskipError, read_json_object
+from layerskip.evaluation.fingerprint import differences, normalized
 from layerskip.model import LlamaForCausalLM
 from layerskip.training import data as corpus
+from layerskip.training.checkpoint import atomic_write
+from layerskip.validation import writable_file
 
 
 def check_sizes(**sizes: int) -> None:
@@ -60,14 +64,54 @@ def greedy_continuations(model: LlamaForCausalLM, prefixes: torch.Tensor, new_to
 
 
 def existing_records(path: Path) -> int:
-    """Complete records already in ``path`` (a trailing partial line is dropped)."""
+    """Complete records already in ``path`` (a trailing partial line is dropped); each must be
+    the JSON object of record i on line i."""
     if not path.exists():
         return 0
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        raise LayerskipError(f"{path}: not UTF-8 text, so not a self-generated corpus") from None
     complete = [line for line in lines if line.endswith("\n")]
+    for number, line in enumerate(complete):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or record.get("index") != number:
+            raise LayerskipError(f"{path}:{number + 1}: not record {number} of a self-generated corpus")
     if len(complete) != len(lines):
         path.write_text("".join(complete), encoding="utf-8")
     return len(complete)
+
+
+RUN_FORMAT = "layerskip-self-generate/1"
+
+
+def run_file(output: Path) -> Path:
+    """Where the settings of the run that writes ``output`` are kept."""
+    return output.with_name(output.name + ".run.json")
+
+
+def claim_output(output: Path, fingerprint: dict[str, Any]) -> int:
+    """Records already in ``output`` written by a run with this ``fingerprint`` (0 for a new
+    file, whose run file is created now). Any other existing file is refused, never appended to."""
+    meta = run_file(output)
+    fingerprint = normalized(fingerprint)
+    if meta.exists():
+        doc = read_json_object(meta, f"--output {output}: corrupt {meta.name}", "")
+        if doc.get("format") != RUN_FORMAT:
+            raise LayerskipError(f"--output {output}: {meta.name} was not written by layerskip self-generate; choose another --output")
+        if normalized(doc.get("fingerprint")) != fingerprint:
+            raise LayerskipError(f"--output {output} was written with other settings ({differences(doc.get('fingerprint') or {}, fingerprint)}); "
+                                 "continue it with its own settings, or choose another --output")
+        return existing_records(output)
+    if output.exists():
+        raise LayerskipError(f"--output {output}: exists and was not written by layerskip self-generate (no {meta.name}); "
+                             "choose another --output")
+    writable_file(output, "--output")
+    atomic_write(meta, json.dumps({"format": RUN_FORMAT, "fingerprint": fingerprint}, indent=2) + "\n")
+    return 0
 
 
 def training_prefixes(

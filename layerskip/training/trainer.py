@@ -24,19 +24,28 @@ from tqdm import tqdm
 
 from layerskip.config import ModelConfig
 from layerskip.drafting import EarlyExitDrafter
-from layerskip.errors import LayerskipError
+from layerskip.errors import LayerskipError, read_json_object
 from layerskip.generation import GenerationConfig, generate
 from layerskip.loading import load_model, load_tokenizer, resolve_model_path
 from layerskip.model import LlamaForCausalLM
 from layerskip.sampling import SamplingConfig
 from layerskip.tokenizer_training import train_bpe_tokenizer
 from layerskip.training import data as corpus
-from layerskip.training.checkpoint import load_training_state, save_pretrained, save_training_state
+from layerskip.training.checkpoint import (
+    Checkpoint,
+    atomic_write,
+    load_training_state,
+    recover,
+    save_pretrained,
+    save_training_state,
+)
 from layerskip.training.early_exit_loss import enabled_layers, layer_scales, normalized_weights
 from layerskip.training.layer_dropout import dropout_rates, sample_keep_mask
 from layerskip.training.objective import EarlyExitObjective, mean_exit_statistics
 from layerskip.training.schedule import learning_rate
+from layerskip.validation import as_float, as_int, writable_dir
 
+COUNTS_FROM_ZERO = ("warmup", "eval_every", "eval_batches", "eval_prompts", "save_every")
 CONFIG_FILE = "train_config.json"
 CHECKPOINT_DIR = "checkpoint"
 FINAL_DIR = "final"
@@ -82,6 +91,19 @@ class TrainConfig:
     save_dtype: str = "bfloat16"
 
     def validate(self) -> None:
+        """One error line for the first bad value, before anything is read or allocated."""
+        for f in fields(self):
+            value, name = getattr(self, f.name), f"--{f.name}"
+            if str(f.type) == "int":
+                as_int(value, name, None if f.name == "seed" else (0 if f.name in COUNTS_FROM_ZERO else 1),
+                       1 << 22 if f.name == "vocab_size" else (1024 if f.name == "num_layers" else None))
+            elif str(f.type) == "float":
+                as_float(value, name, 0.0)
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise LayerskipError("--lr must be > 0 and --min_lr_ratio in [0, 1]")
+        if self.init_model is None and self.seq_len > self.max_position_embeddings:
+            raise LayerskipError(f"--seq_len {self.seq_len} exceeds --max_position_embeddings {self.max_position_embeddings}")
+        writable_dir(self.output_dir, "--output_dir")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.seq_len < 2:
             raise LayerskipError("steps, batch_size, grad_accum must be >= 1 and seq_len >= 2")
         if not 0 <= self.p_max <= 1:
@@ -170,17 +192,20 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.ctx = ctx or init_distributed()
-        self.out = Path(cfg.output_dir)
+        self.out = Path(os.path.normpath(cfg.output_dir))
         torch.manual_seed(cfg.seed)
         self._prepare()
 
     # ---- set-up -------------------------------------------------------------------------------
     def _prepare(self) -> None:
         cfg, ctx = self.cfg, self.ctx
+        checkpoint: Checkpoint | None = None
         if ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self._check_resume_config()
-            (self.out / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+            checkpoint = recover(self.out / CHECKPOINT_DIR)
+            if checkpoint is not None:
+                self._check_resume_config()
+            atomic_write(self.out / CONFIG_FILE, json.dumps(asdict(cfg), indent=2) + "\n")
         documents = corpus.corpus_documents(cfg.corpus, cfg.text_field)
         train_docs, val_docs = corpus.split_documents(documents)
         tokenizer_dir = self.out / "tokenizer"
@@ -216,32 +241,45 @@ class Trainer:
         if ctx.world_size > 1:
             self.objective = DistributedDataParallel(objective, find_unused_parameters=True)
         self.step = 0
-        ckpt = self.out / CHECKPOINT_DIR
-        if (ckpt / "state.pt").exists():
-            state = load_training_state(ckpt, self.model, self.optimizer)
-            self.step = int(state["step"])
-            if ctx.is_main:
-                self._truncate_logs(self.step)
+        ctx.barrier()  # rank 0 has recovered the checkpoint directory
+        if not ctx.is_main:
+            checkpoint = recover(self.out / CHECKPOINT_DIR)  # only reads: rank 0 left nothing to repair
+        if checkpoint is not None:
+            self.step = load_training_state(checkpoint, self.model, self.optimizer)["step"]
+        if ctx.is_main:
+            self._truncate_logs(self.step)
         self.tokens_seen = self.step * cfg.batch_size * cfg.seq_len * cfg.grad_accum * ctx.world_size
 
     def _truncate_logs(self, step: int) -> None:
         """Drop log records past the checkpoint's step (written by a run stopped after its last
-        checkpoint), so a resumed run's logs hold every step once."""
+        checkpoint, or before its first) and a last line cut by a crash, so a resumed run's logs
+        hold every step once."""
         for name in ("train_log.jsonl", "eval_log.jsonl"):
             path = self.out / name
-            if path.exists():
-                lines = path.read_text().splitlines()
-                kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-                if len(kept) != len(lines):
-                    path.write_text("".join(line + "\n" for line in kept))
+            if not path.exists():
+                continue
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            kept = []
+            for number, line in enumerate(lines, 1):
+                try:
+                    record = json.loads(line) if line.strip() else None
+                except json.JSONDecodeError:
+                    if number == len(lines):
+                        break  # the write a crash cut short
+                    raise LayerskipError(f"{path}:{number}: corrupt log record") from None
+                if isinstance(record, dict) and record.get("step", 0) <= step:
+                    kept.append(line)
+            if len(kept) != len(lines):
+                atomic_write(path, "".join(line + "\n" for line in kept))
 
     def _check_resume_config(self) -> None:
         existing = self.out / CONFIG_FILE
-        if (self.out / CHECKPOINT_DIR / "state.pt").exists() and existing.exists():
-            old = json.loads(existing.read_text())
+        if existing.exists():
+            old = read_json_object(existing, f"corrupt {existing}", f"missing {existing}")
             new = asdict(self.cfg)
             defaults = asdict(TrainConfig())  # keys added since the checkpoint was written
-            changed = [k for k in new if k not in ("steps", "eval_every", "save_every") and old.get(k, defaults[k]) != new[k]]
+            free = ("steps", "eval_every", "save_every", "output_dir")  # output_dir: the same directory, however spelled
+            changed = [k for k in new if k not in free and old.get(k, defaults[k]) != new[k]]
             if changed:
                 raise LayerskipError(
                     f"{self.out} holds a checkpoint of a run with different settings ({', '.join(changed)}); "
@@ -311,8 +349,8 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------
     def _log(self, name: str, record: dict[str, Any]) -> None:
         if self.ctx.is_main:
-            with (self.out / name).open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            with (self.out / name).open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")  # a crash may cut it: _truncate_logs drops that line
 
     def save_checkpoint(self) -> None:
         if self.ctx.is_main:
