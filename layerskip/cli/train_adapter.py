@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from layerskip.training.adapter_trainer import AdapterTrainer
 
     config = AdapterTrainConfig(**{f.name: getattr(args, f.name) for f in fields(AdapterTrainConfig)})
-    final = AdapterTrainer(config).run(progress=not args.no_progress)
-    print(final)
+    trainer = AdapterTrainer(config)
+    final = trainer.run(progress=not args.no_progress)
+    if trainer.world.is_main:
+        print(final)
     return 0

@@ -9,16 +9,16 @@
    averaged across ranks; batches are a pure function of (seed, step, rank), so a resumed run sees
    the batches the uninterrupted one would have.
 4. Every ``eval_every`` steps: top-1 agreement on held-out windows, draft acceptance of greedy
-   self-speculative decoding on held-out prompts, and a checkpoint (itself a loadable adapter).
+   self-speculative decoding on held-out prompts, a crash-safe checkpoint, and the current adapter.
 
-Outputs in ``output_dir``: ``train_adapter_config.json``, ``features/``, ``checkpoint/``,
-``train_log.jsonl`` and the final ``adapter/`` (adapter + draft vocabulary + training record).
+Outputs in ``output_dir``: ``train_adapter_config.json``, ``features/``, ``checkpoint/`` (resumption),
+``train_log.jsonl`` and ``adapter/`` (the latest adapter + draft vocabulary + training record; usable
+with ``--draft_adapter`` while training goes on).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from layerskip.adapter import ARCHITECTURES, DraftAdapter, base_fingerprint, init_adapter, load_adapter
+from layerskip.adapter import ARCHITECTURES, DraftAdapter, base_fingerprint, init_adapter, save_adapter
 from layerskip.adapter_drafter import AdapterDrafter
 from layerskip.distributed import World, init_world
 from layerskip.draft_head import draft_subset, frequency_ranking, save_ranking
@@ -38,6 +38,7 @@ from layerskip.loading import LoadedModel, load
 from layerskip.sampling import SamplingConfig
 from layerskip.training import data as corpus
 from layerskip.training.adapter_features import FeatureSpec, check_or_write_meta, extract_features, load_features
+from layerskip.training.checkpoint import recover, save_checkpoint
 from layerskip.training.adapter_objective import soft_target_loss, vocabulary_index
 from layerskip.training.schedule import learning_rate
 
@@ -180,7 +181,7 @@ class AdapterTrainer:
         cos, sin = model.positions(0, hidden.shape[1], hidden.shape[0])
         return F.linear(model.model.norm(adapter(hidden, cos, sin)), head_weight)
 
-    def _evaluate(self, model, adapter, head_weight, index, val: dict[str, torch.Tensor], prompts, checkpoint: Path) -> dict[str, float]:
+    def _evaluate(self, model, adapter, head_weight, index, val: dict[str, torch.Tensor], prompts, adapter_dir: Path) -> dict[str, float]:
         adapter.eval()
         with torch.no_grad():
             agree = []
@@ -192,7 +193,7 @@ class AdapterTrainer:
         result = {"val_agreement": float(torch.stack(agree).mean())}
         if prompts:
             cfg = self.config
-            drafter = AdapterDrafter(checkpoint, cfg.num_speculations, draft_vocab=cfg.draft_vocab or None)
+            drafter = AdapterDrafter(adapter_dir, cfg.num_speculations, draft_vocab=cfg.draft_vocab or None)
             gen = GenerationConfig(max_steps=cfg.eval_tokens, sampling=SamplingConfig(sample=False),
                                    stop_token_ids=tuple(model.config.eos_token_ids))
             drafted = accepted = 0
@@ -202,22 +203,15 @@ class AdapterTrainer:
             result["acceptance"] = accepted / drafted if drafted else 0.0
         return result
 
-    def _save_checkpoint(self, adapter: DraftAdapter, optimizer: torch.optim.Optimizer, step: int, ranking: torch.Tensor,
-                         metrics: dict[str, Any]) -> Path:
-        """``checkpoint/``: a loadable adapter + ranking + optimizer state, swapped in atomically."""
-        from layerskip.adapter import save_adapter
-
-        final, tmp = self.out / "checkpoint", self.out / "checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_adapter(adapter, tmp, {"step": step, "metrics": metrics})
-        save_ranking(tmp, ranking)
-        torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp / "state.pt")
-        old = self.out / "checkpoint.old"
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            final.replace(old)
-        tmp.replace(final)
-        shutil.rmtree(old, ignore_errors=True)
+    def _save(self, adapter: DraftAdapter, optimizer: torch.optim.Optimizer, step: int, ranking: torch.Tensor,
+              metrics: dict[str, Any]) -> Path:
+        """The crash-safe training checkpoint (``checkpoint/``), then the current adapter, loadable as
+        ``adapter/`` (with its draft vocabulary ranking and training record)."""
+        tensors = {k: v.detach().float().contiguous().clone() for k, v in adapter.state_dict().items()}
+        save_checkpoint(self.out / "checkpoint", tensors, {"step": step, "metrics": metrics}, {"optimizer": optimizer.state_dict()})
+        final = self.out / "adapter"
+        save_adapter(adapter, final, {"step": step, "training": asdict(self.config), "metrics": metrics})
+        save_ranking(final, ranking)
         return final
 
     def _drop_log_after(self, step: int) -> None:
@@ -259,17 +253,16 @@ class AdapterTrainer:
         train = self._features(model, train_windows, "train", progress)
         val = self._features(model, val_windows, "val", progress)
 
-        checkpoint = self.out / "checkpoint"
         init_layer = {"exit": cfg.exit_layer, "last": model.num_layers - 1, "random": None}[cfg.init]
         adapter = init_adapter(model, cfg.exit_layer, cfg.architecture, init_layer, str(cfg.model or "layerskip-pycode"))
         optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         step = 0
-        if (checkpoint / "state.pt").exists():
-            resumed = load_adapter(checkpoint, model)
-            adapter.load_state_dict({k: v.float() for k, v in resumed.state_dict().items()})
-            state = torch.load(checkpoint / "state.pt", weights_only=True)
-            optimizer.load_state_dict(state["optimizer"])
-            step = int(state["step"])
+        checkpoint = recover(self.out / "checkpoint") if self.world.is_main else None
+        checkpoint = self.world.broadcast(checkpoint)
+        if checkpoint is not None:
+            adapter.load_state_dict(checkpoint.tensors())
+            optimizer.load_state_dict(checkpoint.state()["optimizer"])
+            step = checkpoint.step
             self._drop_log_after(step)
         adapter.train().requires_grad_(True)
         n = train["hidden"].shape[0]
@@ -297,8 +290,8 @@ class AdapterTrainer:
                 self._log({"step": step, "loss": float(loss.detach()), "train_agreement": float(agreement), "lr": lr})
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 if self.world.is_main:
-                    self._save_checkpoint(adapter, optimizer, step, ranking, metrics)
-                    metrics = {"step": step, **self._evaluate(model, adapter, head_weight, index, val, prompts, checkpoint)}
+                    current = self._save(adapter, optimizer, step, ranking, metrics)
+                    metrics = {"step": step, **self._evaluate(model, adapter, head_weight, index, val, prompts, current)}
                     self._log(metrics)
                     bar.write(json.dumps(metrics))
                 self.world.barrier()
@@ -306,13 +299,7 @@ class AdapterTrainer:
         return self._finish(adapter, optimizer, step, ranking, metrics)
 
     def _finish(self, adapter: DraftAdapter, optimizer, step: int, ranking: torch.Tensor, metrics: dict[str, Any]) -> Path:
-        from layerskip.adapter import save_adapter
-
-        final = self.out / "adapter"
         if self.world.is_main:
-            self._save_checkpoint(adapter, optimizer, step, ranking, metrics)
-            save_adapter(adapter, final, {"training": asdict(self.config), "metrics": metrics})
-            save_ranking(final, ranking)
+            self._save(adapter, optimizer, step, ranking, metrics)
         self.world.barrier()
-        return final
-
+        return self.out / "adapter"
