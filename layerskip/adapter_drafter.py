@@ -91,6 +91,7 @@ class AdapterDrafter(EarlyExitDrafter):
     def propose(self, state: DecodeState, limit: int) -> Draft:
         if state.cache.batch_size != 1:
             raise LayerskipError("draft adapters decode one sequence at a time")
+        self.bind(state.model)
         self._catch_up(state)
         draft = super().propose(state, limit)
         self._filled = state.slot + len(draft)  # the pending token and d_1..d_{n-1} went through the adapter

@@ -168,7 +168,7 @@ class EarlyExitDrafter(Drafter):
     def draft_logits(self, state: DecodeState, hidden: torch.Tensor, slot: int) -> torch.Tensor:
         """The draft's logits ``[vocab]`` (float32) for the last of ``hidden`` = ``h_E`` ``[1, T, dim]``
         at slots ``..slot``."""
-        assert self._head is not None, "bind(model) first"
+        assert self._head is not None, "propose() binds the model first"
         return self._head(hidden[:, -1:])[0, -1]
 
     def reset(self) -> None:
@@ -196,6 +196,7 @@ class EarlyExitDrafter(Drafter):
         if n_max <= 0:
             return Draft()
         model, exit_cache = state.model, self._cache_for(state)
+        self.bind(model)
         drafts = DraftRound(state, self.length)
         for i in range(n_max):
             hidden = model.run_layers(model.embed(drafts.last_ids), 0, self.exit_layer, state.cache, state.slot + i)
