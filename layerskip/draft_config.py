@@ -2,7 +2,8 @@
 
 Written by ``layerskip tune`` and read by every command through ``--draft_config FILE``
 (explicit flags override the file). ``build_drafter`` turns it into a ``Drafter``: the fast
-early-exit drafter for a plain exit layer, the layer-wise drafter for dynamic exits and skips.
+early-exit drafter for a plain exit layer, the layer-wise drafter for dynamic exits and skips,
+prompt lookup alone or in front of either (``draft``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ from layerskip.errors import LayerskipError, read_json_object
 from layerskip.exit_criteria import ExitCriterion, make_criterion
 from layerskip.layerwise_drafter import LayerwiseDrafter
 from layerskip.model import SkipSet
+from layerskip.prompt_lookup import LookupOrModelDrafter, PromptLookupDrafter
 
 CRITERION_OPTIONS = ("threshold", "patience", "temperature", "high", "low")
+#: who drafts: the model itself, prompt lookup alone, or the lookup when it matches and the model otherwise
+DRAFTS = ("model", "prompt_lookup", "prompt_lookup+model")
+#: num_speculations of prompt lookup alone when none is given
+PROMPT_LOOKUP_SPECULATIONS = 10
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,25 @@ class DraftConfig:
     layer_skip_proportion: float = 0.0
     draft_length: str = "fixed"
     confidence_threshold: float | None = None
+    draft: str = "model"
+    prompt_lookup_max_ngram: int = 3
+    prompt_lookup_min_ngram: int = 1
+
+    @property
+    def uses_model(self) -> bool:
+        """Whether the model drafts (every draft but prompt lookup alone needs its exit layer)."""
+        return self.draft != "prompt_lookup"
+
+    def with_defaults(self) -> "DraftConfig":
+        """Prompt lookup alone drafts ``PROMPT_LOOKUP_SPECULATIONS`` tokens when no number is given."""
+        if self.uses_model or self.num_speculations is not None:
+            return self
+        return replace(self, num_speculations=PROMPT_LOOKUP_SPECULATIONS)
+
+    @property
+    def is_complete(self) -> bool:
+        """Enough to draft: a number of speculations, and an exit layer where the plain early-exit draft needs one."""
+        return self.num_speculations is not None and not (self.uses_model and self.is_plain and self.exit_layer is None)
 
     @property
     def is_plain(self) -> bool:
@@ -127,11 +152,24 @@ def validate(config: DraftConfig, num_layers: int, speculative: bool) -> None:
         raise LayerskipError(f"--draft_length must be one of {', '.join(LENGTH_POLICIES)}")
     if config.criteria:
         config.criterion()  # unknown names / options raise here
+    if config.draft not in DRAFTS:
+        raise LayerskipError(f"--draft must be one of {', '.join(DRAFTS)}, got {config.draft!r}")
+    if config.draft != "model" and not speculative:
+        raise LayerskipError(f"--draft {config.draft} is a draft strategy: use --generation_strategy self_speculative")
+    low, high = config.prompt_lookup_min_ngram, config.prompt_lookup_max_ngram
+    if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high):
+        raise LayerskipError(f"--prompt_lookup_min_ngram {low} and --prompt_lookup_max_ngram {high}: need 1 <= min <= max")
 
 
 def build_drafter(config: DraftConfig, num_layers: int, seed: int = 0) -> Drafter:
     """The drafter a (validated) config describes."""
+    config = config.with_defaults()
     k = config.num_speculations or 1
+    if config.draft != "model":
+        lookup = PromptLookupDrafter(k, config.prompt_lookup_max_ngram, config.prompt_lookup_min_ngram)
+        if not config.uses_model:
+            return lookup
+        return LookupOrModelDrafter(lookup, build_drafter(replace(config, draft="model"), num_layers, seed))
     length = make_length_policy(config.draft_length, k, config.confidence_threshold)
     if config.is_plain:
         if config.exit_layer is None:

@@ -79,7 +79,7 @@ class Drafter(ABC):
         """Called when a new generation starts."""
 
     def describe(self) -> dict[str, object]:
-        """Settings reported in the generation stats."""
+        """Settings and counts reported in the generation stats (read when a generation ends)."""
         return {"num_speculations": self.max_tokens}
 
 

@@ -52,6 +52,9 @@ class GenerationStats:
     draft_length: str | None = None
     mean_exit_layer: float | None = None
     exit_layer_histogram: dict[int, int] | None = None
+    lookup_rounds: int | None = None
+    lookup_drafted_tokens: int | None = None
+    lookup_accepted_tokens: int | None = None
     stop_reason: str = "max_steps"
     time_to_first_token: float = 0.0
     total_time: float = 0.0
@@ -135,9 +138,6 @@ def generate(
     stats = GenerationStats()
     if drafter is not None:
         drafter.reset()
-        for key, value in drafter.describe().items():
-            if hasattr(stats, key):
-                setattr(stats, key, value)
     elif depth < model.num_layers:
         stats.exit_layer = depth
     exits: list[int] = []
@@ -204,6 +204,10 @@ def generate(
         stats.acceptance_rate = stats.accepted_tokens / stats.drafted_tokens
     if stats.verify_forwards:
         stats.mean_tokens_per_verification = (len(generated) - 1) / stats.verify_forwards
+    if drafter is not None:
+        for key, value in drafter.describe().items():
+            if hasattr(stats, key):
+                setattr(stats, key, value)
     exits = exits or list(getattr(drafter, "exit_layers", []))
     if exits:
         stats.mean_exit_layer = sum(exits) / len(exits)

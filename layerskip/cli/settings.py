@@ -54,7 +54,8 @@ def draft_config(args: argparse.Namespace, recommended: dict | None = None) -> D
         exit_layer=exit_layer, num_speculations=k, criteria=args.criteria, threshold=args.criteria_threshold,
         patience=args.criteria_patience, temperature=args.criteria_temperature, high=args.criteria_high,
         low=args.criteria_low, layer_skip_proportion=args.layer_skip_proportion, draft_length=args.draft_length,
-        confidence_threshold=args.confidence_threshold, **skips,
+        confidence_threshold=args.confidence_threshold, draft=args.draft,
+        prompt_lookup_max_ngram=args.prompt_lookup_max_ngram, prompt_lookup_min_ngram=args.prompt_lookup_min_ngram, **skips,
     )
 
 
