@@ -2,7 +2,8 @@
 
 Written by ``layerskip tune`` and read by every command through ``--draft_config FILE``
 (explicit flags override the file). ``build_drafter`` turns it into a ``Drafter``: the fast
-early-exit drafter for a plain exit layer, the layer-wise drafter for dynamic exits and skips.
+early-exit drafter for a plain exit layer, the layer-wise drafter for dynamic exits and skips,
+prompt lookup alone or in front of either (``draft``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ from layerskip.exit_criteria import ExitCriterion, make_criterion
 from layerskip.layerwise_drafter import LayerwiseDrafter
 from layerskip.model import SkipSet
 from layerskip.validation import as_int, check_fields
+from layerskip.prompt_lookup import LookupOrModelDrafter, PromptLookupDrafter
 
 CRITERION_OPTIONS = ("threshold", "patience", "temperature", "high", "low")
+#: who drafts: the model itself, prompt lookup alone, or the lookup when it matches and the model otherwise
+DRAFTS = ("model", "prompt_lookup", "prompt_lookup+model")
+#: num_speculations of prompt lookup alone when none is given
+PROMPT_LOOKUP_SPECULATIONS = 10
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,25 @@ class DraftConfig:
     confidence_threshold: float | None = None
     draft_adapter: str | None = None
     draft_vocab: int | None = None
+    draft: str = "model"
+    prompt_lookup_max_ngram: int = 3
+    prompt_lookup_min_ngram: int = 1
+
+    @property
+    def uses_model(self) -> bool:
+        """Whether the model drafts (every draft but prompt lookup alone needs its exit layer)."""
+        return self.draft != "prompt_lookup"
+
+    def with_defaults(self) -> "DraftConfig":
+        """Prompt lookup alone drafts ``PROMPT_LOOKUP_SPECULATIONS`` tokens when no number is given."""
+        if self.uses_model or self.num_speculations is not None:
+            return self
+        return replace(self, num_speculations=PROMPT_LOOKUP_SPECULATIONS)
+
+    @property
+    def is_complete(self) -> bool:
+        """Enough to draft: a number of speculations, and an exit layer where the plain early-exit draft needs one."""
+        return self.num_speculations is not None and (not self.uses_model or self.defines_draft)
 
     @property
     def is_plain(self) -> bool:
@@ -148,11 +173,26 @@ def validate(config: DraftConfig, num_layers: int, speculative: bool) -> None:
             raise LayerskipError(f"--draft_adapter {config.draft_adapter}: exit layer {trained_at} outside 1..{num_layers - 1}")
     if config.draft_vocab is not None and (config.draft_vocab < 1 or not config.is_plain):
         raise LayerskipError("--draft_vocab must be >= 1 and applies to a fixed exit layer or a draft adapter")
+    if config.draft not in DRAFTS:
+        raise LayerskipError(f"--draft must be one of {', '.join(DRAFTS)}, got {config.draft!r}")
+    if config.draft != "model" and not speculative:
+        raise LayerskipError(f"--draft {config.draft} is a draft strategy: use --generation_strategy self_speculative")
+    low, high = config.prompt_lookup_min_ngram, config.prompt_lookup_max_ngram
+    if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high):
+        raise LayerskipError(f"--prompt_lookup_min_ngram {low} and --prompt_lookup_max_ngram {high}: need 1 <= min <= max")
+    if config.draft == "prompt_lookup" and (config.draft_adapter is not None or config.draft_vocab is not None):
+        raise LayerskipError("--draft prompt_lookup drafts without the model: --draft_adapter and --draft_vocab need --draft model or prompt_lookup+model")
 
 
 def build_drafter(config: DraftConfig, num_layers: int, seed: int = 0) -> Drafter:
     """The drafter a (validated) config describes."""
+    config = config.with_defaults()
     k = config.num_speculations or 1
+    if config.draft != "model":
+        lookup = PromptLookupDrafter(k, config.prompt_lookup_max_ngram, config.prompt_lookup_min_ngram)
+        if not config.uses_model:
+            return lookup
+        return LookupOrModelDrafter(lookup, build_drafter(replace(config, draft="model"), num_layers, seed))
     length = make_length_policy(config.draft_length, k, config.confidence_threshold)
     if config.draft_adapter is not None:
         return AdapterDrafter(config.draft_adapter, k, length, config.draft_vocab)

@@ -85,7 +85,7 @@ class Drafter(ABC):
         """Called with the target model before a generation: load or check what depends on it."""
 
     def describe(self) -> dict[str, object]:
-        """Settings reported in the generation stats."""
+        """Settings and counts reported in the generation stats (read when a generation ends)."""
         return {"num_speculations": self.max_tokens}
 
 

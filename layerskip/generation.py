@@ -56,6 +56,9 @@ class GenerationStats:
     draft_adapter: str | None = None
     mean_exit_layer: float | None = None
     exit_layer_histogram: dict[int, int] | None = None
+    lookup_rounds: int | None = None
+    lookup_drafted_tokens: int | None = None
+    lookup_accepted_tokens: int | None = None
     stop_reason: str = "max_steps"
     time_to_first_token: float = 0.0
     total_time: float = 0.0
@@ -141,9 +144,6 @@ def generate(
     if drafter is not None:
         drafter.bind(model)
         drafter.reset()
-        for key, value in drafter.describe().items():
-            if hasattr(stats, key):
-                setattr(stats, key, value)
     elif depth < model.num_layers:
         stats.exit_layer = depth
     exits: list[int] = []
@@ -214,6 +214,10 @@ def generate(
         stats.acceptance_rate = stats.accepted_tokens / stats.drafted_tokens
     if stats.verify_forwards:
         stats.mean_tokens_per_verification = (len(generated) - 1) / stats.verify_forwards
+    if drafter is not None:
+        for key, value in drafter.describe().items():
+            if hasattr(stats, key):
+                setattr(stats, key, value)
     exits = exits or list(getattr(drafter, "exit_layers", []))
     if exits:
         stats.mean_exit_layer = sum(exits) / len(exits)

@@ -21,9 +21,11 @@ class Strategy:
 
 def strategy_from_config(name: str, config: DraftConfig, num_layers: int, seed: int = 0) -> Strategy:
     speculative = name == "self_speculative"
-    if speculative and (not config.defines_draft or config.num_speculations is None):
+    config = config.with_defaults()
+    if speculative and not config.is_complete:
         raise LayerskipError(
-            "self_speculative decoding needs --exit_layer and --num_speculations (this model recommends none)"
+            "self_speculative decoding needs --exit_layer and --num_speculations (this model recommends none; "
+            "--draft prompt_lookup needs neither)"
         )
     validate(config, num_layers, speculative)
     if speculative:

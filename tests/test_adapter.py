@@ -174,6 +174,7 @@ def test_train_adapter_resume_is_exact(trained, tiny_dir, tmp_path):
     (["--draft_adapter", "ADAPTER", "--criteria", "entropy_based"], "excludes --criteria"),
     (["--draft_adapter", "/nonexistent"], "no such directory"),
     (["--exit_layer", "2", "--draft_vocab", "50"], "frequency ranking"),
+    (["--draft_adapter", "ADAPTER", "--draft", "prompt_lookup"], "drafts without the model"),
 ])
 def test_generate_cli_adapter_errors(trained, tiny_dir, capsys, flags, message):
     flags = [str(trained / "adapter") if f == "ADAPTER" else f for f in flags]
@@ -192,3 +193,17 @@ def test_generate_cli_with_adapter(trained, tiny_dir, capsys):
                  "--draft_adapter", str(trained / "adapter"), "--draft_vocab", "100"]) == 0
     sd = json.loads(capsys.readouterr().out)
     assert sd["token_ids"] == ar["token_ids"] and sd["stats"]["exit_layer"] == 2 and sd["stats"]["drafted_tokens"] > 0
+
+
+def test_prompt_lookup_composes_with_an_adapter(trained, tiny_dir, capsys):
+    """``--draft prompt_lookup+model`` with an adapter: lookup where it matches, the adapter elsewhere; exact."""
+    common = ["generate", "--model", str(tiny_dir), "--prompt", "def add(a, b): return a + b\ndef add(a, b):",
+              "--max_steps", "16", "--sample", "False", "--json", "--dtype", "float32"]
+    assert main(common) == 0
+    ar = json.loads(capsys.readouterr().out)
+    assert main([*common, "--generation_strategy", "self_speculative", "--num_speculations", "3",
+                 "--draft_adapter", str(trained / "adapter"), "--draft", "prompt_lookup+model"]) == 0
+    sd = json.loads(capsys.readouterr().out)
+    stats = sd["stats"]
+    assert sd["token_ids"] == ar["token_ids"]
+    assert stats["lookup_rounds"] > 0 and stats["drafted_tokens"] > stats["lookup_drafted_tokens"]  # both drafted

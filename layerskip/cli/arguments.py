@@ -84,6 +84,12 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     add(drafts, "draft_length", default=None, choices=["fixed", "threshold", "heuristic"],
         help="fixed k; threshold: stop below a confidence (Draft & Verify, adapted online); heuristic: k+2 / k-1")
     add(drafts, "confidence_threshold", type=float, default=None, help="draft_length threshold: initial gamma (0.6)")
+    add(drafts, "draft", default=None, choices=["model", "prompt_lookup", "prompt_lookup+model"],
+        help="who drafts: model (default: early exit, layer skip, ...); prompt_lookup: the tokens that followed the latest "
+             "earlier occurrence of the last n tokens (no exit layer needed; --num_speculations default 10 when the model "
+             "recommends none); prompt_lookup+model: the lookup when it matches, the model's draft otherwise")
+    add(drafts, "prompt_lookup_max_ngram", type=int, default=None, help="prompt lookup: longest n-gram matched first (3)")
+    add(drafts, "prompt_lookup_min_ngram", type=int, default=None, help="prompt lookup: shortest n-gram tried (1)")
     add(drafts, "draft_config", default=None, help="a draft configuration JSON (from layerskip tune); flags override it")
     add(drafts, "draft_adapter", default=None,
         help="a trained draft adapter directory (layerskip train-adapter): draft = layers 0..E-1 + adapter + shared head")

@@ -16,7 +16,8 @@ from layerskip.evaluation.strategies import Output, StrategySpec
 from layerskip.generation import GenerationConfig
 
 SPEED_KEYS = ("acceptance_rate", "mean_tokens_per_verification", "time_to_first_token", "total_time",
-              "time_per_token", "tokens_per_second", "generated_tokens", "mean_exit_layer")
+              "time_per_token", "tokens_per_second", "generated_tokens", "mean_exit_layer",
+              "lookup_rounds", "lookup_drafted_tokens", "lookup_accepted_tokens")
 QUALITY_KEYS = ("rouge1", "rouge2", "rouge3", "rougeL", "bleu", "exact_match", "edit_distance", "pass@1")
 
 Engine = Any  # LayerskipEngine | TransformersEngine: run(spec, prompt_ids, config) -> Output

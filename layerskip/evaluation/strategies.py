@@ -3,8 +3,9 @@
 A strategy spec is written ``[hf:]NAME[:key=value,...]`` with NAME ``autoregressive`` or
 ``self_speculative`` and keys from ``DraftConfig`` (``exit_layer``/``e``,
 ``num_speculations``/``k``, ``criteria``, ``threshold``, ``patience``, ``skip_attn=1+3``,
-``skip_mlp=2``, ``layer_skip_proportion``, ``draft_length``, ``confidence_threshold``, or
-``draft_config=FILE``). The ``hf:`` prefix runs Hugging Face transformers' ``generate`` on the
+``skip_mlp=2``, ``layer_skip_proportion``, ``draft_length``, ``confidence_threshold``,
+``draft=prompt_lookup`` or ``draft=prompt_lookup+model``, ``prompt_lookup_max_ngram``,
+``prompt_lookup_min_ngram``, or ``draft_config=FILE``). The ``hf:`` prefix runs Hugging Face transformers' ``generate`` on the
 same checkpoint: plain, or with ``assistant_early_exit=E`` and ``num_assistant_tokens=k``.
 """
 
@@ -99,13 +100,14 @@ def validate_spec(spec: StrategySpec, num_layers: int) -> None:
             raise LayerskipError("transformers has no early-exit inference; use hf:autoregressive without an exit layer")
         if spec.name == "self_speculative" and (spec.draft.draft_adapter or spec.draft.draft_vocab):
             raise LayerskipError(f"{spec.label}: transformers has no draft adapters or draft vocabularies")
-        if spec.name == "self_speculative" and not spec.draft.is_plain:
+        if spec.name == "self_speculative" and not (spec.draft.is_plain and spec.draft.draft == "model"):
             raise LayerskipError(f"{spec.label}: transformers only drafts with a fixed early exit (assistant_early_exit)")
         if spec.name == "self_speculative" and spec.draft.draft_length != "fixed":
             raise LayerskipError(f"{spec.label}: transformers drafts a fixed number of tokens; add draft_length=fixed to the strategy")
-    if spec.name == "self_speculative" and (not spec.draft.defines_draft or spec.num_speculations is None):
+    draft = spec.draft.with_defaults()
+    if spec.name == "self_speculative" and not draft.is_complete:
         raise LayerskipError(f"strategy {spec.label} needs an exit layer and a number of speculations")
-    validate(spec.draft, num_layers, spec.name == "self_speculative")
+    validate(draft, num_layers, spec.name == "self_speculative")
 
 
 @dataclass

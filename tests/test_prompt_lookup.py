@@ -1,0 +1,258 @@
+"""Prompt lookup drafting: n-gram matching, exactness alone and composed with the model's draft
+(greedy token for token, sampling in distribution), configuration and command-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import dampen_layers
+from test_sampling import chi2, chi2_critical
+
+from layerskip.cli import main
+from layerskip.draft_config import DraftConfig, build_drafter, load_draft_config
+from layerskip.drafting import Draft, Drafter, EarlyExitDrafter
+from layerskip.errors import LayerskipError
+from layerskip.evaluation.strategies import parse_spec, validate_spec
+from layerskip.generation import GenerationConfig, generate
+from layerskip.loading import load_model
+from layerskip.prompt_lookup import LookupOrModelDrafter, PromptLookupDrafter
+from layerskip.sampling import SamplingConfig, probabilities, process_logits
+from layerskip.strategy import strategy_from_config
+
+GREEDY = SamplingConfig(sample=False)
+PROMPT = [0, 17, 42, 99, 7, 150]
+
+
+def reference_lookup(history: list[int], max_n: int, min_n: int, limit: int) -> list[int]:
+    """Brute force: the longest n first, its most recent earlier occurrence, the tokens after it."""
+    for n in range(max_n, min_n - 1, -1):
+        if len(history) < n:
+            continue
+        suffix = history[-n:]
+        for start in range(len(history) - n - 1, -1, -1):
+            if history[start : start + n] == suffix:
+                return history[start + n : start + n + limit]
+    return []
+
+
+def test_lookup_takes_the_most_recent_match():
+    history = [1, 2, 3, 9, 1, 2, 4, 7, 1, 2]
+    assert PromptLookupDrafter(3, max_ngram=2).lookup(history, 10) == [4, 7, 1]
+
+
+def test_lookup_tries_the_longest_ngram_first_and_respects_min_ngram():
+    history = [5, 2, 3, 8, 7, 3, 9, 2, 3]  # (2, 3) last seen before 8; (3,) last seen before 9
+    assert PromptLookupDrafter(3, max_ngram=2).lookup(history, 10) == [8, 7, 3]
+    assert PromptLookupDrafter(3, max_ngram=1).lookup(history, 10) == [9, 2, 3]
+    assert PromptLookupDrafter(3, max_ngram=3, min_ngram=3).lookup(history, 10) == []  # (9, 2, 3) never seen before
+    assert PromptLookupDrafter(3).lookup([1, 2, 3, 4], 10) == []  # nothing repeats
+
+
+def test_lookup_limit_and_stop_tokens():
+    history = [1, 2, 3, 4, 5, 6, 1, 2]
+    drafter = PromptLookupDrafter(4)
+    assert drafter.lookup(history, 10) == [3, 4, 5, 6]  # num_speculations
+    assert drafter.lookup(history, 2) == [3, 4]  # the round's limit
+    assert drafter.lookup(history, 0) == []
+    assert drafter.lookup(history, 10, stop_ids=frozenset({4})) == [3, 4]  # ends after a stop token
+
+
+def test_lookup_skips_what_no_repeat_ngram_forbids():
+    history = [1, 2, 3, 7, 2, 4, 1, 2]
+    drafter = PromptLookupDrafter(4, max_ngram=2)
+    assert drafter.lookup(history, 10) == [3, 7, 2, 4]
+    # with no_repeat_ngram_size 3, "1 2 3" is banned: the bigram match is cut to nothing and the
+    # unigram (2,) -> 4 is used; "2 4 1" is banned too, so that draft stops after 4
+    assert drafter.lookup(history, 10, no_repeat_ngram_size=3) == [4]
+
+
+def test_incremental_index_equals_brute_force():
+    rng = random.Random(0)
+    for max_n, min_n in ((3, 1), (4, 2), (1, 1)):
+        drafter = PromptLookupDrafter(5, max_ngram=max_n, min_ngram=min_n)
+        history = [rng.randrange(4) for _ in range(3)]
+        for _ in range(200):
+            assert drafter.lookup(history, 5) == reference_lookup(history, max_n, min_n, 5)
+            history.extend(rng.randrange(4) for _ in range(rng.randrange(1, 4)))
+        other = [rng.randrange(4) for _ in range(30)]  # another sequence starts the index afresh
+        assert drafter.lookup(other, 5) == reference_lookup(other, max_n, min_n, 5)
+
+
+class Recording(Drafter):
+    """Wraps a drafter and records the rounds it was asked for and the updates it received."""
+
+    def __init__(self, inner: Drafter) -> None:
+        self.inner, self.max_tokens = inner, inner.max_tokens
+        self.proposed: list[int] = []
+        self.updates: list[tuple[int, int]] = []
+
+    def propose(self, state, limit: int) -> Draft:
+        draft = self.inner.propose(state, limit)
+        self.proposed.append(len(draft))
+        return draft
+
+    def update(self, drafted: int, accepted: int) -> None:
+        self.updates.append((drafted, accepted))
+        self.inner.update(drafted, accepted)
+
+    def reset(self) -> None:
+        self.proposed, self.updates = [], []
+        self.inner.reset()
+
+    def describe(self) -> dict[str, object]:
+        return self.inner.describe()
+
+
+def test_composition_updates_only_the_drafter_that_drafted(tiny_model):
+    model = Recording(EarlyExitDrafter(2, 3))
+    drafter = LookupOrModelDrafter(PromptLookupDrafter(3), model)
+    stats = generate(tiny_model, PROMPT, GenerationConfig(max_steps=40, sampling=GREEDY), drafter).stats
+    assert len(model.updates) == len(model.proposed) > 0 and [d for d, _ in model.updates] == model.proposed
+    assert stats.lookup_rounds > 0 and stats.lookup_rounds + len(model.proposed) == stats.verify_forwards
+    assert stats.lookup_drafted_tokens + sum(model.proposed) == stats.drafted_tokens
+    assert (stats.exit_layer, stats.num_speculations) == (2, 3)
+
+
+@pytest.mark.parametrize("draft, exit_layer, k", [
+    ("prompt_lookup", None, 2), ("prompt_lookup", None, None), ("prompt_lookup+model", 1, 2),
+    ("prompt_lookup+model", 2, 3), ("prompt_lookup+model", 3, 5),
+])
+def test_greedy_prompt_lookup_equals_autoregressive(tiny_model, draft, exit_layer, k):
+    config = GenerationConfig(max_steps=40, sampling=GREEDY)
+    expected = generate(tiny_model, PROMPT, config).token_ids
+    chosen = strategy_from_config("self_speculative", DraftConfig(exit_layer, k, draft=draft), tiny_model.num_layers)
+    got = generate(tiny_model, PROMPT, config, chosen.drafter)
+    s = got.stats
+    assert got.token_ids == expected
+    assert 0 < s.lookup_accepted_tokens < s.lookup_drafted_tokens  # lookups were made, some accepted, some not
+    assert s.num_speculations == (k or 10)
+    if draft == "prompt_lookup":
+        assert s.lookup_drafted_tokens == s.drafted_tokens and s.draft_forwards == 0
+    else:
+        assert s.drafted_tokens > s.lookup_drafted_tokens and s.exit_layer == exit_layer  # the model drafted too
+
+
+def test_greedy_prompt_lookup_composes_with_layerwise_drafts_and_no_repeat_ngram(tiny_model):
+    for sampling in (GREEDY, SamplingConfig(sample=False, no_repeat_ngram_size=3)):
+        config = GenerationConfig(max_steps=40, sampling=sampling)
+        expected = generate(tiny_model, PROMPT, config).token_ids
+        draft = DraftConfig(3, 4, criteria="top2_margin", threshold=0.2, draft_length="heuristic", draft="prompt_lookup+model")
+        got = generate(tiny_model, PROMPT, config, build_drafter(draft, tiny_model.num_layers))
+        assert got.token_ids == expected and got.stats.lookup_rounds > 0 and got.stats.mean_exit_layer is not None
+
+
+@pytest.mark.parametrize("draft", ["prompt_lookup", "prompt_lookup+model"])
+def test_sampling_with_prompt_lookup_reproduces_full_model_distribution(tiny_dir, draft):
+    """Joint law of the first three generated tokens vs the exact full-model law (top-k 3).
+
+    Attention outputs are zeroed, so the model is a bigram model (its law depends on the last
+    token only) and the prompt can hold, for the first tokens the model may pick, a likely
+    successor: the lookup then proposes it, and it is accepted or rejected by chance."""
+    model = load_model(tiny_dir, torch.device("cpu"), torch.float32)
+    dampen_layers(model, 1, 0.3)  # the exit-1 draft agrees with the full model only partly
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+    sampling = SamplingConfig(sample=True, temperature=1.5, top_k=3, top_p=1.0)
+    with torch.no_grad():
+        def dist(token):
+            return probabilities(process_logits(model(torch.tensor([[token]]))[0, -1:].float(), sampling))[0]
+
+        firsts = torch.nonzero(dist(42)).flatten().tolist()
+        # a likely successor after each first token; for the combined draft, one first token
+        # is left out, so that the model drafts when it is picked
+        listed = firsts if draft == "prompt_lookup" else firsts[:-1]
+        prompt = [t for a in listed if a != 42 for t in (a, int(dist(a).argmax()), 0)] + [17, 42]
+        exact: dict[tuple, float] = {}
+        p1 = dist(42)
+        for a in torch.nonzero(p1).flatten().tolist():
+            p2 = dist(a)
+            for b in torch.nonzero(p2).flatten().tolist():
+                p3 = dist(b)
+                for c in torch.nonzero(p3).flatten().tolist():
+                    exact[(a, b, c)] = float(p1[a] * p2[b] * p3[c])
+    drafter = build_drafter(DraftConfig(1, 2, draft=draft), model.num_layers)
+    n = 1000
+    counts: dict[tuple, int] = {}
+    lookup_drafted = lookup_accepted = drafted = 0
+    for seed in range(n):
+        got = generate(model, prompt, GenerationConfig(max_steps=3, sampling=sampling, seed=seed), drafter)
+        counts[tuple(got.token_ids)] = counts.get(tuple(got.token_ids), 0) + 1
+        lookup_drafted += got.stats.lookup_drafted_tokens
+        lookup_accepted += got.stats.lookup_accepted_tokens
+        drafted += got.stats.drafted_tokens
+    assert 0 < lookup_accepted < lookup_drafted  # lookup drafts were accepted and rejected
+    if draft == "prompt_lookup+model":
+        assert drafted > lookup_drafted  # the model drafted when the lookup found nothing
+    stat, df = chi2(counts, exact, n)
+    assert stat < chi2_critical(df), (stat, df)
+
+
+def test_draft_config_fields_round_trip_and_validate(tmp_path):
+    config = DraftConfig(exit_layer=2, num_speculations=6, draft="prompt_lookup+model", prompt_lookup_max_ngram=4,
+                         prompt_lookup_min_ngram=2)
+    path = tmp_path / "draft.json"
+    path.write_text(json.dumps({"draft": config.to_dict()}))
+    assert load_draft_config(str(path)) == config
+    spec = parse_spec("self_speculative:draft=prompt_lookup,num_speculations=8,prompt_lookup_max_ngram=2")
+    assert (spec.draft.draft, spec.num_speculations, spec.draft.prompt_lookup_max_ngram) == ("prompt_lookup", 8, 2)
+    validate_spec(spec, 4)
+    validate_spec(parse_spec("self_speculative:draft=prompt_lookup"), 4)  # no exit layer, no k: k defaults to 10
+    for bad, needle in [
+        (DraftConfig(draft="prompt_lookup", prompt_lookup_min_ngram=0), "need 1 <= min <= max"),
+        (DraftConfig(draft="prompt_lookup", prompt_lookup_min_ngram=3, prompt_lookup_max_ngram=2), "need 1 <= min <= max"),
+        (DraftConfig(2, 2, draft="lookup"), "--draft must be one of"),
+        (DraftConfig(draft="prompt_lookup+model", num_speculations=3), "needs --exit_layer"),
+    ]:
+        with pytest.raises(LayerskipError, match=needle):
+            strategy_from_config("self_speculative", bad, 4)
+    with pytest.raises(LayerskipError, match="is a draft strategy"):
+        strategy_from_config("autoregressive", DraftConfig(draft="prompt_lookup"), 4)
+    with pytest.raises(LayerskipError, match="transformers only drafts with a fixed early exit"):
+        validate_spec(parse_spec("hf:self_speculative:e=2,k=3,draft=prompt_lookup+model"), 4)
+
+
+COMMON = ["--dataset", "human_eval", "--num_samples", "2", "--max_steps", "16", "--dtype", "float32", "--no_progress", "True"]
+
+
+def test_cli_prompt_lookup_needs_no_exit_layer(tiny_dir, capsys):
+    assert main(["generate", "--model", str(tiny_dir), "--prompt", "def f(x): return f(x)", "--max_steps", "12",
+                 "--sample", "False", "--generation_strategy", "self_speculative", "--draft", "prompt_lookup",
+                 "--prompt_lookup_max_ngram", "2", "--json", "--dtype", "float32"]) == 0
+    stats = json.loads(capsys.readouterr().out)["stats"]
+    assert stats["num_speculations"] == 10 and stats["exit_layer"] is None and stats["lookup_rounds"] is not None
+
+
+def test_cli_correctness_and_benchmark_with_prompt_lookup(tiny_dir, tmp_path, capsys):
+    code = main(["correctness", "--model", str(tiny_dir), *COMMON, "--draft", "prompt_lookup+model", "--exit_layer", "2",
+                 "--num_speculations", "3", "--output_dir", str(tmp_path)])
+    assert code == 0 and "0 mismatches" in capsys.readouterr().out
+    code = main(["benchmark", "--model", str(tiny_dir), *COMMON, "--output_dir", str(tmp_path), "--sample", "False",
+                 "--compare", "autoregressive", "self_speculative:draft=prompt_lookup,num_speculations=8"])
+    assert code == 0
+    doc = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
+    lookup = doc["results"]["self_speculative:num_speculations=8,draft=prompt_lookup"]
+    assert lookup["matches_autoregressive"] == 1.0 and lookup["speed"]["lookup_rounds"]["n"] == 2
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--draft", "prompt_lookup", "--prompt_lookup_min_ngram", "0"], "need 1 <= min <= max"),
+    (["--draft", "prompt_lookup", "--prompt_lookup_min_ngram", "4", "--prompt_lookup_max_ngram", "2"], "need 1 <= min <= max"),
+    (["--draft", "lookup"], "invalid choice"),
+    (["--draft", "prompt_lookup", "--generation_strategy", "autoregressive"], "is a draft strategy"),
+])
+def test_cli_prompt_lookup_bad_input_is_one_line(tiny_dir, extra, needle):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-m", "layerskip", "generate", "--model", str(tiny_dir), "--prompt", "hi",
+                           "--generation_strategy", "self_speculative", *extra],
+                          capture_output=True, text=True, env=env, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
