@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from layerskip import __version__
-from layerskip.cli import benchmark, correctness, evaluate, generate, self_generate, sweep, train, tune
+from layerskip.cli import benchmark, correctness, evaluate, fetch, generate, self_generate, sweep, train, tune
 from layerskip.cli.arguments import ArgumentParser
 from layerskip.errors import LayerskipError
 
@@ -22,6 +22,7 @@ def build_parser() -> ArgumentParser:
     correctness.register(subparsers)
     tune.register(subparsers)
     evaluate.register(subparsers)
+    fetch.register(subparsers)
     return parser
 
 
