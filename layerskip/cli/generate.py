@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
         raise LayerskipError("--system needs --chat or --apply_chat_template True")
     loaded = load(args.model, args.device, args.dtype)
     model, tokenizer = loaded.model, loaded.tokenizer
-    if args.chat or args.apply_chat_template:
-        require_chat_template(tokenizer)
+    if args.apply_chat_template:
+        require_chat_template(tokenizer)  # before an interactive session starts, not at its first prompt
     conversation = Conversation(tokenizer, args.system) if args.chat else None
     chosen = strategy(args, model, loaded.recommended)
     config = generation_config(args, model_eos_ids(model, tokenizer))
