@@ -57,7 +57,14 @@ class LayerskipLM(TemplateLM):
         bos = self.tokenizer.bos_token_id
         return int(bos) if bos is not None else self.eot_token_id
 
+    @property
+    def tokenizer_name(self) -> str:
+        """Names the tokenizer (and so its chat template) in lm-eval's request-cache fingerprints."""
+        return str(getattr(self.tokenizer, "name_or_path", "") or self.loaded.path).replace("/", "__")
+
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
+        """Token ids; the tokenizer's BOS is not added again to a string that already starts with it
+        (a chat template's output, for one)."""
         special = True if add_special_tokens is None else add_special_tokens
         if special and self.tokenizer.bos_token and string.startswith(self.tokenizer.bos_token):
             special = False
@@ -149,7 +156,10 @@ class LayerskipLM(TemplateLM):
         return out
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt)
+        """The chat rendered by the tokenizer's template; without a generation prompt the last
+        (assistant) message stays open, so that the model continues it."""
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                  continue_final_message=not add_generation_prompt)
 
     def speed_summary(self) -> dict[str, Any]:
         """Speed of the generation requests: tokens/s over all of them, acceptance, counts."""

@@ -1,7 +1,9 @@
-"""Load Llama-family checkpoints in Hugging Face layout: local directories or hub ids.
+"""Load Llama-family checkpoints in Hugging Face layout: local directories, GGUF files, known names or hub ids.
 
 A checkpoint is a directory with ``config.json``, one or several ``*.safetensors`` files (with
-``model.safetensors.index.json`` when sharded) and tokenizer files. Hub ids are resolved through
+``model.safetensors.index.json`` when sharded) and tokenizer files. A ``.gguf`` file is converted
+once into such a directory (``layerskip.gguf_checkpoint``); a name from ``layerskip.registry``
+resolves to the directory ``layerskip fetch NAME`` made. Hub ids are resolved through
 ``huggingface_hub`` and its cache. Only safetensors are read; pickle weights are refused.
 """
 
@@ -17,7 +19,9 @@ import torch
 
 from layerskip.config import ModelConfig
 from layerskip.errors import LayerskipError, read_json_object
+from layerskip.gguf_checkpoint import gguf_checkpoint
 from layerskip.model import LlamaForCausalLM
+from layerskip.registry import REGISTRY, fetched_dir
 from layerskip.validation import inside
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -78,12 +82,19 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_model_path(model: str) -> Path:
-    """A local checkpoint directory for ``model`` (a path, or a hub id fetched into the HF cache)."""
+    """A local checkpoint directory for ``model``: a directory, a ``.gguf`` file (converted once),
+    a fetched registry name, or a hub id fetched into the HF cache."""
     path = Path(model).expanduser()
     if path.exists():
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            return gguf_checkpoint(path)
         if not path.is_dir():
-            raise LayerskipError(f"--model {model}: not a directory")
+            raise LayerskipError(f"--model {model}: not a directory or a .gguf file")
         return path.resolve()
+    if model in REGISTRY:
+        if not fetched_dir(model).is_dir():
+            raise LayerskipError(f"{model} is not on this machine yet; run: layerskip fetch {model}")
+        return fetched_dir(model)
     if not HUB_ID.match(model) or model.startswith((".", "/", "~")):
         raise LayerskipError(f"model directory not found: {model}")
     return _download(model)

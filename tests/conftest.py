@@ -8,11 +8,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import make_checkpoint  # noqa: E402
+from helpers import CHAT_TEMPLATE, make_checkpoint  # noqa: E402
 
 from layerskip.loading import load_model  # noqa: E402
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def layerskip_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Fetched models and converted GGUF files go to a per-test directory, never ~/.cache."""
+    home = tmp_path / "layerskip_home"
+    monkeypatch.setenv("LAYERSKIP_HOME", str(home))
+    return home
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +32,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_dir: Path):
     return load_model(tiny_dir, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny Llama, its tokenizer with a chat template (``helpers.CHAT_TEMPLATE``)."""
+    return make_checkpoint(tmp_path_factory.mktemp("tiny_chat"), init_std=0.1, chat_template=CHAT_TEMPLATE)

@@ -16,6 +16,12 @@ CORPUS = [
     "The quick brown fox jumps over the lazy dog. Hello world! é ü 中文\n",
 ] * 20
 
+# A ChatML-like template that writes the BOS token itself (as Llama 3's does).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
 
 def write_corpus(directory: Path, repeat: int = 4) -> Path:
     """Ten small Python files (``CORPUS`` entries, each repeated) in ``directory``."""
@@ -44,6 +50,7 @@ def make_checkpoint(
     max_shard_size: str | None = None,
     with_tokenizer: bool = True,
     init_std: float = 0.02,
+    chat_template: str | None = None,
 ) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -76,6 +83,7 @@ def make_checkpoint(
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(str(directory), **kwargs)
     if tokenizer is not None:
+        tokenizer.chat_template = chat_template
         save_tokenizer(tokenizer, directory)
     return directory
 
@@ -87,3 +95,81 @@ def dampen_layers(model, first: int, factor: float) -> None:
         for layer in model.model.layers[first:]:
             layer.self_attn.o_proj.weight.mul_(factor)
             layer.mlp.down_proj.weight.mul_(factor)
+
+
+
+def _permute_rows(weight, heads: int):
+    """llama.cpp's q/k row order (``convert_hf_to_gguf.py``'s ``permute``), which GGUF readers undo."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def write_gguf(checkpoint: Path, path: Path, *, architecture: str = "llama", quantize: dict[str, str] | None = None,
+               chat_template: str | None = CHAT_TEMPLATE) -> Path:
+    """The tiny checkpoint ``checkpoint`` (from ``make_checkpoint``) as a GGUF file, as llama.cpp's
+    converter writes one: llama metadata, a byte-level BPE (``gpt2``) vocabulary with merges, q/k rows
+    permuted. ``quantize`` maps GGUF tensor-name suffixes (``ffn_up.weight``) to a quantization type
+    name (``Q8_0``; ``Q8_1`` is written as raw zero blocks, a type gguf cannot dequantize); other
+    tensors are F32."""
+    import json
+
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    tok = json.loads((checkpoint / "tokenizer.json").read_text())
+    state = {k: v.float().numpy() for k, v in load_file(str(checkpoint / "model.safetensors")).items()}
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_name("tiny")
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_freq_base(config.get("rope_theta") or config["rope_parameters"]["rope_theta"])
+    writer.add_rope_dimension_count(config["hidden_size"] // heads)
+    writer.add_vocab_size(config["vocab_size"])
+    vocab = sorted(tok["model"]["vocab"].items(), key=lambda item: item[1])
+    special = {t["id"] for t in tok["added_tokens"]}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([token for token, _ in vocab])
+    writer.add_token_types([3 if i in special else 1 for _, i in vocab])
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in tok["model"]["merges"]])
+    writer.add_bos_token_id(config["bos_token_id"])
+    writer.add_eos_token_id(config["eos_token_id"])
+    writer.add_pad_token_id(config["pad_token_id"])
+    writer.add_add_bos_token(True)
+    if chat_template:
+        writer.add_chat_template(chat_template)
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    tensors = {"token_embd.weight": state["model.embed_tokens.weight"], "output_norm.weight": state["model.norm.weight"]}
+    if not config.get("tie_word_embeddings"):
+        tensors["output.weight"] = state["lm_head.weight"]
+    for i in range(config["num_hidden_layers"]):
+        for hf, short in names.items():
+            weight = state[f"model.layers.{i}.{hf}.weight"]
+            if short in ("attn_q", "attn_k"):
+                weight = _permute_rows(weight, heads if short == "attn_q" else kv_heads)
+            tensors[f"blk.{i}.{short}.weight"] = weight
+    for name, weight in tensors.items():
+        kind = next((q for suffix, q in (quantize or {}).items() if name.endswith(suffix)), None)
+        if kind is None:
+            writer.add_tensor(name, np.ascontiguousarray(weight, dtype=np.float32))
+        elif kind == "Q8_1":
+            block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_1]
+            raw = np.zeros((weight.shape[0], weight.shape[1] // block * size), dtype=np.uint8)
+            writer.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.Q8_1)
+        else:
+            qtype = gguf.GGMLQuantizationType[kind]
+            writer.add_tensor(name, gguf.quantize(np.ascontiguousarray(weight, dtype=np.float32), qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

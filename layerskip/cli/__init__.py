@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from layerskip import __version__
-from layerskip.cli import benchmark, correctness, evaluate, generate, self_generate, sweep, train, train_adapter, tune
+from layerskip.cli import benchmark, correctness, evaluate, fetch, generate, self_generate, sweep, train, train_adapter, tune
 from layerskip.cli.arguments import ArgumentParser
 from layerskip.errors import LayerskipError
 from layerskip.validation import check_arguments
@@ -24,6 +24,7 @@ def build_parser() -> ArgumentParser:
     correctness.register(subparsers)
     tune.register(subparsers)
     evaluate.register(subparsers)
+    fetch.register(subparsers)
     return parser
 
 

@@ -46,7 +46,8 @@ def add(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    add(group, "model", default=None, help="local checkpoint directory or Hugging Face hub id (default: the shipped model)")
+    add(group, "model", default=None, help="checkpoint directory, .gguf file (llama), name fetched with `layerskip fetch` or Hugging Face hub id "
+             "(default: the shipped model)")
     add(group, "device", default="auto", help="auto | cpu | cuda")
     add(group, "dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="auto: bfloat16 where the hardware runs it well, else float32")
@@ -107,6 +108,8 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     add(group, "num_samples", type=int, default=None)
     add(group, "n_shot", type=int, default=0)
     add(group, "template", default=None, help="format string with {message} wrapped around each prompt")
+    add(group, "apply_chat_template", type=bool, default=False,
+        help="send each prompt as one user turn of the tokenizer's chat template")
     add(group, "prompt_field", default="prompt", help="custom_jsonl: the prompt field")
     add(group, "response_field", default="response", help="custom_jsonl: the reference field")
     add(group, "no_progress", type=bool, default=False, help="no progress bar")

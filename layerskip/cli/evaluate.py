@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from layerskip.chat import require_chat_template
 from layerskip.cli.arguments import add, add_generation_arguments, add_model_arguments
 from layerskip.cli.settings import draft_config, generation_config, model_eos_ids
 from layerskip.errors import LayerskipError
@@ -23,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add(parser, "limit", type=float, default=None, help="examples per task (a fraction if < 1)")
     add(parser, "num_fewshot", type=int, default=None)
     add(parser, "include_path", default=None, help="a directory of local task YAMLs")
-    add(parser, "apply_chat_template", type=bool, default=False)
+    add(parser, "apply_chat_template", type=bool, default=False,
+        help="render each request (with its few-shot examples) through the tokenizer's chat template")
     add(parser, "log_samples", type=bool, default=False, help="also write every sample's inputs and outputs")
     add(parser, "batch_size", type=int, default=8, help="batch size of log-likelihood requests")
     parser.set_defaults(handler=run, sample=False)
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise LayerskipError(f"unknown task(s) {', '.join(unknown)} (local tasks need --include_path DIR)")
     loaded = load(args.model, args.device, args.dtype)
+    if args.apply_chat_template:
+        require_chat_template(loaded.tokenizer)
     config = generation_config(args, model_eos_ids(loaded.model, loaded.tokenizer))
     lm = LayerskipLM(loaded, args.generation_strategy, draft_config(args, loaded.recommended), config,
                      batch_size=args.batch_size, seed=args.seed)

@@ -1,4 +1,4 @@
-"""``layerskip generate``: one-shot (``--prompt``) or interactive generation."""
+"""``layerskip generate``: one-shot (``--prompt``) or interactive generation, optionally as a chat."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Iterator
 
+from layerskip.chat import Conversation, require_chat_template, single_turn
 from layerskip.cli.arguments import add, add_generation_arguments, add_model_arguments
 from layerskip.cli.settings import generation_config, model_eos_ids, strategy
 from layerskip.cli.streaming import TextStreamer
@@ -20,6 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(parser)
     add_generation_arguments(parser)
     add(parser, "prompt", default=None, help="generate once for this prompt (default: interactive mode)")
+    add(parser, "chat", type=bool, default=False,
+        help="interactive chat: each line is a user turn, the model's replies stay in the conversation")
+    add(parser, "system", default=None, help="a system message for --chat / --apply_chat_template")
+    add(parser, "apply_chat_template", type=bool, default=False,
+        help="wrap each prompt as one user turn with the tokenizer's chat template")
     add(parser, "streamer", default="standard", choices=["none", "standard", "speculative"])
     add(parser, "json", type=bool, default=False, help="print one JSON object with text, token ids and stats")
     parser.set_defaults(handler=run)
@@ -52,8 +58,15 @@ def interactive_prompts() -> Iterator[str]:
 def run(args: argparse.Namespace) -> int:
     if args.prompt is not None and not args.prompt.strip():
         raise LayerskipError("empty prompt")
+    if args.chat and args.prompt is not None:
+        raise LayerskipError("--chat is interactive; for one --prompt use --apply_chat_template True")
+    if args.system is not None and not (args.chat or args.apply_chat_template):
+        raise LayerskipError("--system needs --chat or --apply_chat_template True")
     loaded = load(args.model, args.device, args.dtype)
     model, tokenizer = loaded.model, loaded.tokenizer
+    if args.apply_chat_template:
+        require_chat_template(tokenizer)  # before an interactive session starts, not at its first prompt
+    conversation = Conversation(tokenizer, args.system) if args.chat else None
     chosen = strategy(args, model, loaded.recommended)
     config = generation_config(args, model_eos_ids(model, tokenizer))
 
@@ -62,13 +75,20 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = [args.prompt] if args.prompt is not None else interactive_prompts()
     for prompt in prompts:
-        prompt_ids = tokenizer(prompt)["input_ids"]
+        if conversation is not None:
+            prompt_ids = conversation.ask(prompt)
+        elif args.apply_chat_template:
+            prompt_ids = single_turn(tokenizer, prompt, args.system)
+        else:
+            prompt_ids = tokenizer(prompt)["input_ids"]
         if not prompt_ids:
             raise LayerskipError("the prompt encodes to no tokens")
         streamer = None
         if not args.json and args.streamer != "none":
             streamer = TextStreamer(decode, sys.stdout, colour=args.streamer == "speculative")
         result = generate(model, prompt_ids, config, chosen.drafter, chosen.depth, streamer, decode, chosen.criterion)
+        if conversation is not None:
+            conversation.answer(decode(result.token_ids))
         if args.json:
             out = {
                 "model": str(loaded.path),

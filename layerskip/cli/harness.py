@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
+from layerskip.chat import require_chat_template, single_turn
 from layerskip.cli.settings import draft_config, generation_config, model_eos_ids
 from layerskip.draft_config import DraftConfig
 from layerskip.distributed import World, init_world
@@ -25,9 +26,12 @@ class Harness:
     config: GenerationConfig
     world: World
     engines: dict[str, Any]
+    chat: bool = False
 
     def encode(self, text: str) -> list[int]:
-        ids = self.loaded.tokenizer(text)["input_ids"]
+        """Prompt ids of a dataset prompt: plain, or as one user turn of the chat template (``chat``)."""
+        tokenizer = self.loaded.tokenizer
+        ids = single_turn(tokenizer, text) if self.chat else tokenizer(text)["input_ids"]
         if not ids:
             raise LayerskipError("a prompt encodes to no tokens")
         return ids
@@ -46,10 +50,14 @@ def prepare(args: argparse.Namespace) -> Harness:
                            args.random_shuffle, args.prompt_field, args.response_field)
     world = init_world()
     loaded = load(args.model, args.device, args.dtype)
+    if args.apply_chat_template:
+        require_chat_template(loaded.tokenizer)
     config = generation_config(args, model_eos_ids(loaded.model, loaded.tokenizer))
-    longest = max((len(loaded.tokenizer(s.prompt)["input_ids"]) for s in samples), default=0)
+    harness = Harness(loaded, samples, config, world, {"layerskip": LayerskipEngine(loaded, args.seed)},
+                      args.apply_chat_template)
+    longest = max((len(harness.encode(s.prompt)) for s in samples), default=0)
     check_fits(loaded.model, longest, config.max_steps)  # every prompt, before any generation
-    return Harness(loaded, samples, config, world, {"layerskip": LayerskipEngine(loaded, args.seed)})
+    return harness
 
 
 def default_draft(args: argparse.Namespace, loaded: LoadedModel) -> DraftConfig:

