@@ -18,6 +18,7 @@ import torch
 
 from layerskip.config import ModelConfig
 from layerskip.errors import LayerskipError
+from layerskip.fast_linear import check_quantize, prepare_for_inference
 from layerskip.model import LlamaForCausalLM
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -199,10 +200,13 @@ class LoadedModel:
     recommended: dict[str, Any]
 
 
-def load(model: str | None = None, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Model, tokenizer and recommended settings of ``model`` (default: the shipped model)."""
+def load(model: str | None = None, device: str = "auto", dtype: str = "auto", quantize: str = "none") -> LoadedModel:
+    """Model (prepared for inference: fused projections, ``quantize`` "none" | "int8"), tokenizer and
+    recommended settings of ``model`` (default: the shipped model)."""
+    check_quantize(quantize)
     path = resolve_model_path(model) if model else default_model_path()
     if not model and not (path / "config.json").exists():
         raise LayerskipError(f"the shipped model is missing from {path}; pass --model")
     dev = resolve_device(device)
-    return LoadedModel(path, load_model(path, dev, resolve_dtype(dtype, dev)), load_tokenizer(path), recommended_settings(path))
+    net = prepare_for_inference(load_model(path, dev, resolve_dtype(dtype, dev)), quantize)
+    return LoadedModel(path, net, load_tokenizer(path), recommended_settings(path))

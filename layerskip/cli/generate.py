@@ -52,7 +52,7 @@ def interactive_prompts() -> Iterator[str]:
 def run(args: argparse.Namespace) -> int:
     if args.prompt is not None and not args.prompt.strip():
         raise LayerskipError("empty prompt")
-    loaded = load(args.model, args.device, args.dtype)
+    loaded = load(args.model, args.device, args.dtype, args.quantize)
     model, tokenizer = loaded.model, loaded.tokenizer
     chosen = strategy(args, model, loaded.recommended)
     config = generation_config(args, model_eos_ids(model, tokenizer))

@@ -44,7 +44,7 @@ def prepare(args: argparse.Namespace) -> Harness:
     samples = load_samples(args.dataset, args.data_path, args.num_samples, args.n_shot, args.template, args.seed,
                            args.random_shuffle, args.prompt_field, args.response_field)
     world = init_world()
-    loaded = load(args.model, args.device, args.dtype)
+    loaded = load(args.model, args.device, args.dtype, args.quantize)
     config = generation_config(args, model_eos_ids(loaded.model, loaded.tokenizer))
     return Harness(loaded, samples, config, world, {"layerskip": LayerskipEngine(loaded, args.seed)})
 
