@@ -67,7 +67,13 @@ def cpu_runs_bf16_well() -> bool:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 where the hardware runs it well, else float32."""
+    """``auto``: bfloat16 where the hardware runs it well, else float32.
+
+    A rule, not a timing at load (deterministic, no start-up cost): on a CPU without AVX-512 BF16 or
+    AMX, bf16 ``F.linear`` converts the weight on every call and measured 2-3x slower than float32
+    per projection at 1..9 tokens (2-core AVX2 EPYC, SmolLM2-135M, ``benchmarks/roofline.py``), so
+    halving the bytes read does not pay; with native bf16 the step is memory bound and bf16 wins.
+    """
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
