@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--quantize", default="none", choices=["none", "int8"])
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory()
     if args.ceiling:
@@ -89,7 +90,7 @@ def main() -> None:
         args.prompts = "code"
     else:
         model_dir = args.model or str(default_model_path())
-    loaded = load(model_dir, args.device, args.dtype)
+    loaded = load(model_dir, args.device, args.dtype, args.quantize)
     model, tok = loaded.model, loaded.tokenizer
     recommended = DraftConfig.from_dict(loaded.recommended)  # {} -> every field unset
     exit_layers = args.exit_layer or [recommended.exit_layer or 2]

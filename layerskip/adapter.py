@@ -16,7 +16,6 @@ fingerprint of the base checkpoint it was trained for; loading it onto another b
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -28,33 +27,12 @@ from torch import nn
 from layerskip.cache import KVCache
 from layerskip.config import ModelConfig
 from layerskip.errors import LayerskipError, read_json_object
+from layerskip.fingerprint import base_fingerprint
 from layerskip.model import DecoderLayer, LlamaForCausalLM
 
 ADAPTER_CONFIG = "adapter.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ARCHITECTURES = ("attention", "decoder_layer")
-FINGERPRINT_SAMPLES = 4096
-
-
-def base_fingerprint(model: LlamaForCausalLM) -> str:
-    """A short hash of the model's config and weights, independent of the dtype it is loaded in.
-
-    Every parameter contributes its name, shape and ``FINGERPRINT_SAMPLES`` evenly spaced values
-    rounded to bfloat16 (so float32 and bfloat16 loads of one checkpoint agree).
-    """
-    cached = getattr(model, "_layerskip_fingerprint", None)
-    if cached is not None:
-        return cached
-    digest = hashlib.sha256(json.dumps(model.config.to_hf_dict(), sort_keys=True, default=str).encode())
-    with torch.no_grad():
-        for name, param in sorted(model.named_parameters()):
-            flat = param.detach().reshape(-1)
-            step = max(1, flat.numel() // FINGERPRINT_SAMPLES)
-            sample = flat[::step][:FINGERPRINT_SAMPLES].to("cpu", torch.bfloat16).view(torch.int16)
-            digest.update(f"{name}{tuple(param.shape)}".encode())
-            digest.update(sample.numpy().tobytes())
-    model._layerskip_fingerprint = value = digest.hexdigest()[:16]
-    return value
 
 
 @dataclass(frozen=True)
@@ -130,7 +108,10 @@ def init_adapter(model: LlamaForCausalLM, exit_layer: int, architecture: str, in
     if init_layer is not None:
         if not 0 <= init_layer < model.num_layers:
             raise LayerskipError(f"--init_layer {init_layer} outside 0..{model.num_layers - 1}")
-        source = model.model.layers[init_layer].state_dict()
+        layer = model.model.layers[init_layer]
+        if layer.self_attn.qkv_proj is not None:
+            raise LayerskipError("init_adapter copies the checkpoint's own layers: load the model with prepare=False")
+        source = layer.state_dict()
         adapter.block.load_state_dict({k: v for k, v in source.items() if k in adapter.block.state_dict()}, strict=True)
     else:
         for module in adapter.modules():

@@ -19,6 +19,7 @@ import torch
 
 from layerskip.config import ModelConfig
 from layerskip.errors import LayerskipError, read_json_object
+from layerskip.fast_linear import check_quantize, prepare_for_inference
 from layerskip.gguf_checkpoint import gguf_checkpoint
 from layerskip.model import LlamaForCausalLM
 from layerskip.registry import REGISTRY, fetched_dir
@@ -71,7 +72,13 @@ def cpu_runs_bf16_well() -> bool:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 where the hardware runs it well, else float32."""
+    """``auto``: bfloat16 where the hardware runs it well, else float32.
+
+    A rule, not a timing at load (deterministic, no start-up cost): on a CPU without AVX-512 BF16 or
+    AMX, bf16 ``F.linear`` converts the weight on every call and measured 2-3x slower than float32
+    per projection at 1..9 tokens (2-core AVX2 EPYC, SmolLM2-135M, ``benchmarks/roofline.py``), so
+    halving the bytes read does not pay; with native bf16 the step is memory bound and bf16 wins.
+    """
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -211,10 +218,17 @@ class LoadedModel:
     recommended: dict[str, Any]
 
 
-def load(model: str | None = None, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Model, tokenizer and recommended settings of ``model`` (default: the shipped model)."""
+def load(model: str | None = None, device: str = "auto", dtype: str = "auto", quantize: str = "none",
+         prepare: bool = True) -> LoadedModel:
+    """Model, tokenizer and recommended settings of ``model`` (default: the shipped model). The model
+    is prepared for inference (fused projections, ``quantize`` "none" | "int8") unless ``prepare`` is
+    False: then its modules are the checkpoint's own (to copy layers from, or to train)."""
+    check_quantize(quantize)
     path = resolve_model_path(model) if model else default_model_path()
     if not model and not (path / "config.json").exists():
         raise LayerskipError(f"the shipped model is missing from {path}; pass --model")
     dev = resolve_device(device)
-    return LoadedModel(path, load_model(path, dev, resolve_dtype(dtype, dev)), load_tokenizer(path), recommended_settings(path))
+    net = load_model(path, dev, resolve_dtype(dtype, dev))
+    if prepare:
+        prepare_for_inference(net, quantize)
+    return LoadedModel(path, net, load_tokenizer(path), recommended_settings(path))

@@ -62,6 +62,19 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=bias)
+        self.qkv_proj: nn.Module | None = None  # set by layerskip.fast_linear.prepare_for_inference
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x ``[batch, T, dim]`` -> q ``[batch, T, heads*head_dim]``, k and v ``[batch, T, kv_heads*head_dim]``."""
+        if self.qkv_proj is not None:
+            return self.qkv_proj(x)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k and v of ``project`` (the fused kernel computes q too and drops it)."""
+        if self.qkv_proj is not None:
+            return self.qkv_proj(x)[1:]
+        return self.k_proj(x), self.v_proj(x)
 
     def forward(
         self,
@@ -75,9 +88,10 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """x ``[batch, T, dim]`` -> ``[batch, T, dim]``; K/V written to ``cache`` at slots ``start..``."""
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k, v = self.project(x)
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.write(layer, start, k, v)
@@ -96,9 +110,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=bias)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
+        self.gate_up_proj: nn.Module | None = None  # set by layerskip.fast_linear.prepare_for_inference
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -241,8 +260,9 @@ class LlamaForCausalLM(nn.Module):
             layer = self.model.layers[i]
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)
-            k = attn.k_proj(x).view(b, t, attn.n_kv, attn.head_dim).transpose(1, 2)
-            v = attn.v_proj(x).view(b, t, attn.n_kv, attn.head_dim).transpose(1, 2)
+            k, v = attn.project_kv(x)
+            k = k.view(b, t, attn.n_kv, attn.head_dim).transpose(1, 2)
+            v = v.view(b, t, attn.n_kv, attn.head_dim).transpose(1, 2)
             cache.write(i, start, apply_rotary(k, cos, sin), v)
 
     def forward(

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import CHAT_TEMPLATE, make_checkpoint  # noqa: E402
 
+from layerskip.fast_linear import prepare_for_inference  # noqa: E402
 from layerskip.loading import load_model  # noqa: E402
 
 torch.set_num_threads(2)
@@ -31,7 +32,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_dir: Path):
-    return load_model(tiny_dir, torch.device("cpu"), torch.float32)
+    return prepare_for_inference(load_model(tiny_dir, torch.device("cpu"), torch.float32))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ import torch
 from helpers import dampen_layers, make_checkpoint, write_corpus
 from safetensors.torch import load_file
 
-from layerskip.adapter import AdapterConfig, base_fingerprint, init_adapter, load_adapter, save_adapter
+from layerskip.adapter import AdapterConfig, init_adapter, load_adapter, save_adapter
+from layerskip.fingerprint import base_fingerprint
 from layerskip.adapter_drafter import AdapterDrafter
 from layerskip.cli import main
 from layerskip.draft_head import DraftHead, draft_subset, frequency_ranking, load_ranking, save_ranking
@@ -39,8 +40,13 @@ def trained(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_adapter_files_round_trip(tiny_model, tmp_path):
-    adapter = init_adapter(tiny_model, 2, "decoder_layer", 3, "tiny")
+def test_adapter_files_round_trip(tiny_dir, tiny_model, tmp_path):
+    """Saved and loaded onto the prepared (fused) model: the fingerprint is the checkpoint's, not the fusion's."""
+    unfused = load_model(tiny_dir, torch.device("cpu"), torch.float32)
+    assert tiny_model.model.layers[0].self_attn.qkv_proj is not None
+    with pytest.raises(LayerskipError, match="prepare=False"):
+        init_adapter(tiny_model, 2, "decoder_layer", 3, "tiny")
+    adapter = init_adapter(unfused, 2, "decoder_layer", 3, "tiny")
     save_adapter(adapter, tmp_path, {"note": "x"})
     record = json.loads((tmp_path / "adapter.json").read_text())
     assert record["exit_layer"] == 2 and record["architecture"] == "decoder_layer" and record["note"] == "x"
@@ -49,7 +55,8 @@ def test_adapter_files_round_trip(tiny_model, tmp_path):
     for name, value in adapter.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
     # initialised from decoder layer 3
-    assert torch.equal(loaded.block.self_attn.q_proj.weight, tiny_model.model.layers[3].self_attn.q_proj.weight)
+    assert torch.equal(loaded.block.self_attn.q_proj.weight, unfused.model.layers[3].self_attn.q_proj.weight)
+    assert base_fingerprint(unfused) == base_fingerprint(tiny_model)
 
 
 def test_adapter_refuses_another_base(tiny_model, tmp_path):
@@ -143,7 +150,8 @@ def test_train_adapter_writes_a_usable_adapter(trained, tiny_dir, tiny_model):
     log = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
     evals = [r for r in log if "val_agreement" in r]
     assert [r["step"] for r in evals] == [3, 6] and all("acceptance" in r for r in evals)
-    initial = init_adapter(tiny_model, 2, "attention", tiny_model.num_layers - 1)
+    unfused = load_model(tiny_dir, torch.device("cpu"), torch.float32)
+    initial = init_adapter(unfused, 2, "attention", unfused.num_layers - 1)
     weights = load_file(str(final / "adapter.safetensors"))
     assert not torch.equal(weights["block.self_attn.q_proj.weight"], initial.block.self_attn.q_proj.weight)  # it trained
     drafter = AdapterDrafter(final, 3, draft_vocab=120)

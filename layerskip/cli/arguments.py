@@ -51,6 +51,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add(group, "device", default="auto", help="auto | cpu | cuda")
     add(group, "dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="auto: bfloat16 where the hardware runs it well, else float32")
+    add(group, "quantize", default="none", choices=["none", "int8"],
+        help="int8: weight-only int8 decoder projections (per-output-channel scales; LM head in --dtype)")
     add(group, "seed", type=int, default=42)
     add(group, "output_dir", default="./logs")
 

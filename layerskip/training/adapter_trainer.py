@@ -28,11 +28,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from layerskip.adapter import ARCHITECTURES, DraftAdapter, base_fingerprint, init_adapter, save_adapter
+from layerskip.adapter import ARCHITECTURES, DraftAdapter, init_adapter, save_adapter
 from layerskip.adapter_drafter import AdapterDrafter
 from layerskip.distributed import World, init_world
 from layerskip.draft_head import draft_subset, frequency_ranking, save_ranking
 from layerskip.errors import LayerskipError
+from layerskip.fast_linear import prepare_for_inference
+from layerskip.fingerprint import base_fingerprint
 from layerskip.generation import GenerationConfig, generate
 from layerskip.loading import LoadedModel, load
 from layerskip.sampling import SamplingConfig
@@ -238,10 +240,13 @@ class AdapterTrainer:
     def run(self, progress: bool = True) -> Path:
         cfg = self.config
         self._prepare_output()
-        loaded = load(cfg.model, device=cfg.device, dtype="float32")
+        loaded = load(cfg.model, device=cfg.device, dtype="float32", prepare=False)
         model = loaded.model
         if not 1 <= cfg.exit_layer < model.num_layers:
             raise LayerskipError(f"--exit_layer {cfg.exit_layer} outside 1..{model.num_layers - 1}")
+        init_layer = {"exit": cfg.exit_layer, "last": model.num_layers - 1, "random": None}[cfg.init]
+        adapter = init_adapter(model, cfg.exit_layer, cfg.architecture, init_layer, str(cfg.model or "layerskip-pycode"))
+        prepare_for_inference(model)  # the base only runs inference from here on
         if cfg.draft_vocab >= model.config.vocab_size:
             raise LayerskipError(f"--draft_vocab {cfg.draft_vocab} is not below the vocabulary size {model.config.vocab_size} (0: full)")
         train_windows, val_windows, prompts, ranking = self._data(loaded)
@@ -253,8 +258,6 @@ class AdapterTrainer:
         train = self._features(model, train_windows, "train", progress)
         val = self._features(model, val_windows, "val", progress)
 
-        init_layer = {"exit": cfg.exit_layer, "last": model.num_layers - 1, "random": None}[cfg.init]
-        adapter = init_adapter(model, cfg.exit_layer, cfg.architecture, init_layer, str(cfg.model or "layerskip-pycode"))
         optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         step = 0
         checkpoint = recover(self.out / "checkpoint") if self.world.is_main else None

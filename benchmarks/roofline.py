@@ -1,0 +1,136 @@
+"""Roofline of decoding on this machine: how close a step is to the memory-bandwidth bound.
+
+Measures the read bandwidth (a sum over a large float32 buffer), the weight bytes one decoding step
+reads for a checkpoint, dtype and quantization (every parameter once, the embedding row aside), the
+bound ``bandwidth / bytes`` in tokens/s, the measured one-token step, the cost of verifying
+T = 2..9 tokens relative to one token (the figure that decides self-speculative speed-ups), and the
+cost of a one-token draft step (layers 0..E-1 + the LM head) at each exit layer E relative to a full
+step. Every figure is the minimum over ``--repeats`` timings; prints a table and writes JSON.
+
+    python benchmarks/roofline.py --model DIR --dtype float32 --out roofline.json
+    python benchmarks/roofline.py --model DIR --dtype bfloat16 --quantize int8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from layerskip.cache import KVCache
+from layerskip.loading import default_model_path, load
+from layerskip.model import LlamaForCausalLM
+
+
+def best_time(fn: Callable[[], object], repeats: int, inner: int) -> float:
+    """Minimum over ``repeats`` of the mean seconds of ``inner`` calls (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        best = min(best, (time.perf_counter() - start) / inner)
+    return best
+
+
+def read_bandwidth(mib: int, repeats: int) -> float:
+    """Bytes/s of reading a ``mib`` MiB float32 buffer once (``sum``)."""
+    buffer = torch.ones(mib * 2**18)
+    return buffer.numel() * 4 / best_time(lambda: buffer.sum(), repeats, 3)
+
+
+def weight_bytes(model: LlamaForCausalLM) -> int:
+    """Bytes of parameters and buffers read by one full step (shared tensors once; the input
+    embedding counts one row unless it is tied to the LM head, which reads it whole)."""
+    seen: dict[int, int] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor is not None:
+            seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+    embedding = model.model.embed_tokens.weight
+    if not model.config.tie_word_embeddings:
+        seen[embedding.data_ptr()] = embedding.shape[1] * embedding.element_size()
+    return sum(seen.values())
+
+
+@torch.no_grad()
+def step_time(model: LlamaForCausalLM, tokens: int, last: int, context: int, repeats: int, inner: int) -> float:
+    """Seconds of one step of ``tokens`` new tokens through layers ``0..last-1`` and the LM head,
+    after ``context`` cached tokens (the cache is rolled back after each call)."""
+    cache = KVCache(model.config, 1, context + tokens, model.device, model.dtype)
+    ids = torch.zeros(1, context, dtype=torch.long, device=model.device)
+    model.run_layers(model.embed(ids), 0, model.num_layers, cache, 0)
+    cache.commit(context)
+    new = torch.ones(1, tokens, dtype=torch.long, device=model.device)
+
+    def step() -> None:
+        model.unembed(model.run_layers(model.embed(new), 0, last, cache, context))
+        cache.commit(context)
+
+    return best_time(step, repeats, inner)
+
+
+def roofline(model: LlamaForCausalLM, bandwidth: float, repeats: int, inner: int, context: int) -> dict:
+    """The roofline record of ``model`` (see the module docstring for every field)."""
+    nbytes = weight_bytes(model)
+    one = step_time(model, 1, model.num_layers, context, repeats, inner)
+    verify = {t: step_time(model, t, model.num_layers, context, repeats, inner) / one for t in range(2, 10)}
+    draft = {e: step_time(model, 1, e, context, repeats, inner) / one for e in range(1, model.num_layers)}
+    bound = bandwidth / nbytes
+    return {
+        "weight_bytes": nbytes,
+        "bound_tokens_per_s": bound,
+        "step_s": one,
+        "tokens_per_s": 1 / one,
+        "fraction_of_bound": 1 / one / bound,
+        "verify_relative": {str(t): r for t, r in verify.items()},
+        "draft_relative": {str(e): r for e, r in draft.items()},
+    }
+
+
+def table(record: dict) -> str:
+    r = record["result"]
+    lines = [
+        f"read bandwidth      {record['bandwidth_bytes_per_s'] / 1e9:8.1f} GB/s",
+        f"weight bytes/token  {r['weight_bytes'] / 1e6:8.1f} MB  ({record['dtype']}, quantize {record['quantize']})",
+        f"bound               {r['bound_tokens_per_s']:8.1f} tokens/s",
+        f"1-token step        {r['step_s'] * 1e3:8.2f} ms = {r['tokens_per_s']:.1f} tokens/s ({100 * r['fraction_of_bound']:.0f} % of bound)",
+        "verify T tokens / 1 " + " ".join(f"T={t}:{v:.2f}" for t, v in r["verify_relative"].items()),
+        "draft at exit E / 1 " + " ".join(f"E={e}:{v:.2f}" for e, v in r["draft_relative"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
+    parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--quantize", default="none", choices=["none", "int8"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--context", type=int, default=64, help="cached tokens before the timed step")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per figure (the minimum is kept)")
+    parser.add_argument("--inner", type=int, default=5, help="calls per timing")
+    parser.add_argument("--bandwidth_mib", type=int, default=1024, help="buffer size of the bandwidth measurement")
+    parser.add_argument("--out", default="roofline.json")
+    args = parser.parse_args(argv)
+    loaded = load(args.model or str(default_model_path()), args.device, args.dtype, args.quantize)
+    bandwidth = read_bandwidth(args.bandwidth_mib, args.repeats)
+    record = {
+        "model": str(loaded.path),
+        "dtype": str(loaded.model.dtype).removeprefix("torch."),
+        "quantize": args.quantize,
+        "threads": torch.get_num_threads(),
+        "bandwidth_bytes_per_s": bandwidth,
+        "result": roofline(loaded.model, bandwidth, args.repeats, args.inner, args.context),
+    }
+    print(table(record))
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+if __name__ == "__main__":
+    main()

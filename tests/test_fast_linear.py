@@ -1,0 +1,60 @@
+"""Inference-time linear layers (layerskip.fast_linear) against the unfused reference model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from layerskip.drafting import EarlyExitDrafter
+from layerskip.errors import LayerskipError
+from layerskip.fast_linear import FusedLinear, Int8Linear, prepare_for_inference
+from layerskip.generation import GenerationConfig, generate
+from layerskip.loading import load, load_model
+from layerskip.sampling import SamplingConfig
+
+GREEDY = SamplingConfig(sample=False)
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 9])
+def test_fused_float32_equals_separate_projections(tokens: int) -> None:
+    torch.manual_seed(0)
+    parts = [torch.nn.Linear(32, n, bias=True) for n in (32, 16, 16)]
+    x = torch.randn(2, tokens, 32)
+    got = FusedLinear(parts)(x)
+    for layer, out in zip(parts, got):
+        torch.testing.assert_close(out, layer(x), rtol=1e-6, atol=1e-6)
+
+
+def test_int8_linear_is_its_dequantized_weight() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 48)
+    q = Int8Linear(layer.weight, layer.bias)
+    x = torch.randn(3, 64)
+    reference = torch.nn.functional.linear(x, q.dequantized(), layer.bias)
+    torch.testing.assert_close(q(x), reference, rtol=2e-2, atol=2e-2)  # bf16 activations in the kernel
+    assert (q.dequantized() - layer.weight).abs().max() <= q.scale.max() / 2 + 1e-7
+
+
+def test_prepared_model_logits_match_reference(tiny_dir) -> None:
+    reference = load_model(tiny_dir, torch.device("cpu"), torch.float32)
+    fused = prepare_for_inference(load_model(tiny_dir, torch.device("cpu"), torch.float32))
+    int8 = prepare_for_inference(load_model(tiny_dir, torch.device("cpu"), torch.float32), "int8")
+    tokens = torch.tensor([[0, 17, 42, 99, 7, 3]])
+    expected = reference(tokens)
+    torch.testing.assert_close(fused(tokens), expected, rtol=1e-5, atol=1e-5)
+    assert not hasattr(fused.model.layers[0].self_attn, "q_proj")
+    assert (int8(tokens) - expected).abs().max() < 0.1 * expected.abs().max()
+
+
+def test_int8_self_speculative_equals_its_autoregressive_output(tiny_dir) -> None:
+    model = load(str(tiny_dir), "cpu", "float32", "int8").model
+    prompt = [0, 17, 42, 99, 7]
+    expected = generate(model, prompt, GenerationConfig(max_steps=30, sampling=GREEDY))
+    for exit_layer, k in [(1, 4), (2, 2), (3, 7)]:
+        got = generate(model, prompt, GenerationConfig(max_steps=30, sampling=GREEDY), EarlyExitDrafter(exit_layer, k))
+        assert got.token_ids == expected.token_ids
+
+
+def test_unknown_quantization_is_one_error_line(tiny_dir) -> None:
+    with pytest.raises(LayerskipError, match="--quantize"):
+        load(str(tiny_dir), "cpu", "float32", "int4")
