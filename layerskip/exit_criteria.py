@@ -68,9 +68,6 @@ class ExitCriterion(ABC):
     def observe_exit(self, view: LayerView) -> None:
         """Called with the view at the layer the token left from."""
 
-    def settings(self) -> dict[str, Any]:
-        return {}
-
 
 class CosineSimilarity(ExitCriterion):
     name = "cosine_similarity"
@@ -85,9 +82,6 @@ class CosineSimilarity(ExitCriterion):
     def should_exit(self, view: LayerView) -> bool:
         current, previous, self.previous = view.normed, self.previous, view.normed
         return previous is not None and float(F.cosine_similarity(current, previous, dim=0)) > self.threshold
-
-    def settings(self) -> dict[str, Any]:
-        return {"threshold": self.threshold}
 
 
 class TokenRepeat(ExitCriterion):
@@ -108,9 +102,6 @@ class TokenRepeat(ExitCriterion):
         self.last = token
         return self.count >= self.patience
 
-    def settings(self) -> dict[str, Any]:
-        return {"patience": self.patience}
-
 
 def layer_threshold(layer: int, num_layers: int) -> float:
     """The seed fork's τ(l) = 0.99·r^0.75 + 0.75·(1 − r^0.75), r = (L − l)/L."""
@@ -129,9 +120,6 @@ class MaxProbability(ExitCriterion):
         tau = self.threshold if self.threshold is not None else layer_threshold(view.layer, view.model.num_layers)
         return float(view.probs.max()) > tau
 
-    def settings(self) -> dict[str, Any]:
-        return {"threshold": self.threshold}
-
 
 class Top2Margin(ExitCriterion):
     name = "top2_margin"
@@ -142,9 +130,6 @@ class Top2Margin(ExitCriterion):
     def should_exit(self, view: LayerView) -> bool:
         top = view.probs.topk(2).values
         return float(top[0] - top[1]) > self.threshold
-
-    def settings(self) -> dict[str, Any]:
-        return {"threshold": self.threshold}
 
 
 class EntropyBased(ExitCriterion):
@@ -157,9 +142,6 @@ class EntropyBased(ExitCriterion):
         logp = (view.logits / self.temperature).log_softmax(-1)
         entropy = -(logp.exp() * logp).sum()
         return float(entropy) < self.threshold
-
-    def settings(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "temperature": self.temperature}
 
 
 class Convergence(ExitCriterion):
@@ -175,9 +157,6 @@ class Convergence(ExitCriterion):
     def should_exit(self, view: LayerView) -> bool:
         current, previous, self.previous = float(view.probs.max()), self.previous, float(view.probs.max())
         return previous is not None and abs(current - previous) <= self.threshold
-
-    def settings(self) -> dict[str, Any]:
-        return {"threshold": self.threshold}
 
 
 class RandomExit(ExitCriterion):
@@ -218,9 +197,6 @@ class LogitsFuture(ExitCriterion):
             self.current = max(1, view.layer - 1)
         elif confidence < self.low:
             self.current = min(self.max_layer, view.layer + 1)
-
-    def settings(self) -> dict[str, Any]:
-        return {"high": self.high, "low": self.low}
 
 
 CRITERIA: dict[str, type[ExitCriterion]] = {
