@@ -33,7 +33,7 @@ from tqdm import tqdm
 from layerskip.draft_config import DraftConfig, build_drafter, validate
 from layerskip.draft_length import LENGTH_POLICIES
 from layerskip.errors import LayerskipError
-from layerskip.generation import GenerationConfig, generate
+from layerskip.generation import Decoding, GenerationConfig, generate
 from layerskip.loading import default_model_path, load
 from layerskip.sampling import SamplingConfig
 
@@ -108,7 +108,7 @@ def main() -> None:
     texts = CODE_PROMPTS if args.prompts == "code" else human_eval_prompts(args.num_samples)
     prompts = [tok(p)["input_ids"] for p in texts]
     generate(model, prompts[0], cfg)  # warm-up
-    generate(model, prompts[0], cfg, build_drafter(settings[0], model.num_layers))
+    generate(model, prompts[0], cfg, Decoding(build_drafter(settings[0], model.num_layers)))
     ar_tps: list[float] = []
     spec: dict[DraftConfig, dict[str, list[float]]] = {s: {"tps": [], "acc": [], "tpv": []} for s in settings}
     mismatches = 0
@@ -117,7 +117,7 @@ def main() -> None:
         ar = generate(model, ids, cfg)
         ar_tps.append(ar.stats.tokens_per_second)
         for setting in settings:
-            sp = generate(model, ids, cfg, build_drafter(setting, model.num_layers))
+            sp = generate(model, ids, cfg, Decoding(build_drafter(setting, model.num_layers)))
             mismatches += sp.token_ids != ar.token_ids
             spec[setting]["tps"].append(sp.stats.tokens_per_second)
             spec[setting]["acc"].append(sp.stats.acceptance_rate or 0.0)
