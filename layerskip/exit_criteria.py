@@ -69,19 +69,39 @@ class ExitCriterion(ABC):
         """Called with the view at the layer the token left from."""
 
 
-class CosineSimilarity(ExitCriterion):
-    name = "cosine_similarity"
+class SuccessiveLayers(ExitCriterion):
+    """Exits when a measure of the token's state after this layer is close to the one after the previous layer."""
 
-    def __init__(self, threshold: float = 0.95) -> None:
+    def __init__(self, threshold: float) -> None:
         self.threshold = threshold
 
     def start_token(self, max_layer: int) -> None:
         super().start_token(max_layer)
-        self.previous: torch.Tensor | None = None
+        self.previous: Any = None
+
+    @abstractmethod
+    def measure(self, view: LayerView) -> Any: ...
+
+    @abstractmethod
+    def close(self, current: Any, previous: Any) -> bool: ...
 
     def should_exit(self, view: LayerView) -> bool:
-        current, previous, self.previous = view.normed, self.previous, view.normed
-        return previous is not None and float(F.cosine_similarity(current, previous, dim=0)) > self.threshold
+        current, previous = self.measure(view), self.previous
+        self.previous = current
+        return previous is not None and self.close(current, previous)
+
+
+class CosineSimilarity(SuccessiveLayers):
+    name = "cosine_similarity"
+
+    def __init__(self, threshold: float = 0.95) -> None:
+        super().__init__(threshold)
+
+    def measure(self, view: LayerView) -> torch.Tensor:
+        return view.normed
+
+    def close(self, current: torch.Tensor, previous: torch.Tensor) -> bool:
+        return float(F.cosine_similarity(current, previous, dim=0)) > self.threshold
 
 
 class TokenRepeat(ExitCriterion):
@@ -144,19 +164,17 @@ class EntropyBased(ExitCriterion):
         return float(entropy) < self.threshold
 
 
-class Convergence(ExitCriterion):
+class Convergence(SuccessiveLayers):
     name = "convergence"
 
     def __init__(self, threshold: float = 0.01) -> None:
-        self.threshold = threshold
+        super().__init__(threshold)
 
-    def start_token(self, max_layer: int) -> None:
-        super().start_token(max_layer)
-        self.previous: float | None = None
+    def measure(self, view: LayerView) -> float:
+        return float(view.probs.max())
 
-    def should_exit(self, view: LayerView) -> bool:
-        current, previous, self.previous = float(view.probs.max()), self.previous, float(view.probs.max())
-        return previous is not None and abs(current - previous) <= self.threshold
+    def close(self, current: float, previous: float) -> bool:
+        return abs(current - previous) <= self.threshold
 
 
 class RandomExit(ExitCriterion):

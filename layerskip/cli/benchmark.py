@@ -12,18 +12,10 @@ from layerskip.cli.harness import Harness, prepare
 from layerskip.cli.settings import draft_config, strategy
 from layerskip.errors import LayerskipError
 from layerskip.evaluation.fingerprint import digest, model_identity, normalized
-from layerskip.evaluation.records import (
-    RUN_FORMAT,
-    SampleLog,
-    environment,
-    merge_rank_logs,
-    rank_log,
-    run_paths,
-    write_json,
-)
+from layerskip.evaluation.records import RUN_FORMAT, SampleLog, environment, merge_rank_logs, rank_log, run_paths, write_json
+from layerskip.evaluation.runner import aggregate, run_interleaved, summary_table
 from layerskip.evaluation.sandbox import require_sandbox
 from layerskip.loading import LoadedModel
-from layerskip.evaluation.runner import aggregate, run_interleaved, summary_table
 from layerskip.strategy import Strategy
 
 
