@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from helpers import assert_one_line_error, run_cli
 
 from layerskip.cli import main
 from layerskip.exit_criteria import ALIASES, CRITERIA
@@ -72,10 +70,5 @@ def test_tune_writes_a_config_that_other_commands_accept(tiny_dir, tmp_path, cap
     (["--draft_config", "/nonexistent.json"], "no such file"),
 ])
 def test_draft_flags_bad_input_is_one_line(tiny_dir, extra, needle):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "layerskip", "generate", "--model", str(tiny_dir), "--prompt", "hi",
-                           "--generation_strategy", "self_speculative", "--exit_layer", "2", "--num_speculations", "2", *extra],
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert_one_line_error(run_cli("generate", "--model", str(tiny_dir), "--prompt", "hi", "--generation_strategy",
+                                  "self_speculative", "--exit_layer", "2", "--num_speculations", "2", *extra), needle)

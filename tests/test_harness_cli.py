@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import assert_one_line_error, run_cli
 
 from layerskip.cli import main
 
@@ -106,12 +107,7 @@ def test_sweep_writes_csv_png_and_best(tiny_dir, tmp_path, capsys):
     (["--num_samples", "0"], "--num_samples must be >= 1"),
 ])
 def test_harness_bad_input_is_one_line(tiny_dir, tmp_path, extra, needle):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "layerskip", "benchmark", "--model", str(tiny_dir), *COMMON,
-                           "--output_dir", str(tmp_path), *extra], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert_one_line_error(run_cli("benchmark", "--model", str(tiny_dir), *COMMON, "--output_dir", str(tmp_path), *extra), needle)
 
 
 def test_benchmark_under_torchrun_shards_and_merges(tiny_dir, tmp_path):

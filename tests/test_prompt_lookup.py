@@ -4,15 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from helpers import dampen_layers
+from helpers import assert_one_line_error, dampen_layers, run_cli
 from test_sampling import chi2, chi2_critical
 
 from layerskip.cli import main
@@ -248,10 +245,5 @@ def test_cli_correctness_and_benchmark_with_prompt_lookup(tiny_dir, tmp_path, ca
     (["--draft", "prompt_lookup", "--generation_strategy", "autoregressive"], "is a draft strategy"),
 ])
 def test_cli_prompt_lookup_bad_input_is_one_line(tiny_dir, extra, needle):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "layerskip", "generate", "--model", str(tiny_dir), "--prompt", "hi",
-                           "--generation_strategy", "self_speculative", *extra],
-                          capture_output=True, text=True, env=env, timeout=120)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert_one_line_error(run_cli("generate", "--model", str(tiny_dir), "--prompt", "hi", "--generation_strategy",
+                                  "self_speculative", *extra), needle)

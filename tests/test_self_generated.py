@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_corpus
-from test_cli import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, write_corpus
 
 from layerskip.cli import main
 from layerskip.generation import GenerationConfig, generate, generate_batch
