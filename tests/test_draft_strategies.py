@@ -187,10 +187,17 @@ def test_dynamic_drafts_report_exit_layers(tiny_model):
     assert 1 <= stats.mean_exit_layer <= 3
 
 
-def test_layerwise_drafter_sampling_runs(tiny_model):
-    drafter = build_drafter(DraftConfig(exit_layer=3, num_speculations=3, criteria="top2_margin", threshold=0.1), tiny_model.num_layers)
-    result = generate(tiny_model, PROMPT, GenerationConfig(max_steps=15, sampling=SamplingConfig(sample=True, temperature=1.0)), Decoding(drafter))
-    assert len(result.token_ids) == 15
+def test_layerwise_drafter_sampling_is_seeded_and_counts_add_up(tiny_model):
+    def run(seed: int):
+        drafter = build_drafter(DraftConfig(exit_layer=3, num_speculations=3, criteria="top2_margin", threshold=0.1), tiny_model.num_layers)
+        config = GenerationConfig(max_steps=15, sampling=SamplingConfig(sample=True, temperature=1.0), seed=seed)
+        return generate(tiny_model, PROMPT, config, Decoding(drafter))
+
+    result = run(0)
+    s = result.stats
+    assert result.token_ids == run(0).token_ids and result.token_ids != run(1).token_ids
+    assert s.generated_tokens == 15 == 1 + s.accepted_tokens + s.verify_forwards
+    assert sum(s.exit_layer_histogram.values()) == s.drafted_tokens
 
 
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))
