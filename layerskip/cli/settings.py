@@ -37,8 +37,8 @@ def generation_config(args: argparse.Namespace, eos_ids: tuple[int, ...]) -> Gen
 
 
 def draft_config(args: argparse.Namespace, recommended: dict | None = None, speculative: bool | None = None) -> DraftConfig:
-    """The draft settings: the --draft_config file (else, when ``speculative``, default: the flags ask for
-    self_speculative, the model's recommendation), then the flags on top."""
+    """The draft settings: the --draft_config file, else the model's recommendation when ``speculative``
+    (default: whether the flags ask for self_speculative), then the flags on top."""
     if speculative is None:
         speculative = args.generation_strategy == "self_speculative"
     if getattr(args, "draft_config", None):
