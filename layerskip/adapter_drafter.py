@@ -14,6 +14,7 @@ first wrote them, so the model's cache keeps identical values.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ import torch
 from layerskip.adapter import DraftAdapter, load_adapter, read_adapter_config
 from layerskip.cache import KVCache
 from layerskip.draft_length import LengthPolicy
-from layerskip.drafting import DecodeState, Draft, EarlyExitDrafter
+from layerskip.drafting import DecodeState, Draft, DraftReport, EarlyExitDrafter
 from layerskip.errors import LayerskipError
 from layerskip.model import LlamaForCausalLM, attention_mask
 
@@ -38,8 +39,8 @@ class AdapterDrafter(EarlyExitDrafter):
         self._cache_owner: KVCache | None = None
         self._filled = 0
 
-    def describe(self) -> dict[str, object]:
-        return {**super().describe(), "draft_adapter": str(self.directory)}
+    def report(self) -> DraftReport:
+        return replace(super().report(), draft_adapter=str(self.directory))
 
     def ranking_directories(self, model: LlamaForCausalLM) -> list[Path | None]:
         return [self.directory, model.source_path]

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
 
 from layerskip.errors import LayerskipError
 
@@ -42,9 +41,6 @@ class LengthPolicy(ABC):
 
     def reset(self) -> None:
         """Forget what was learnt (a new generation starts from the configured state)."""
-
-    def settings(self) -> dict[str, Any]:
-        return {}
 
 
 class FixedLength(LengthPolicy):
@@ -93,9 +89,6 @@ class ConfidenceThreshold(LengthPolicy):
         else:
             target = self.gamma + self.epsilon if self.mean_acceptance < self.alpha else self.gamma - self.epsilon
         self.gamma = min(1.0, max(0.0, self.beta2 * self.gamma + (1 - self.beta2) * target))
-
-    def settings(self) -> dict[str, Any]:
-        return {"gamma": self.gamma}
 
 
 class HeuristicLength(LengthPolicy):

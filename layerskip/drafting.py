@@ -65,6 +65,32 @@ class Draft:
         return len(self.tokens)
 
 
+@dataclass(frozen=True)
+class LookupCounts:
+    """Prompt lookup's share of a generation: rounds it drafted, tokens it drafted, tokens accepted."""
+
+    rounds: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class DraftReport:
+    """What a drafter reports into the generation stats when a generation ends.
+
+    ``exit_layers``: the exit layer of every drafted token, for drafters whose exit varies per token
+    (dynamic exits); empty otherwise. ``lookup``: prompt lookup's counts, where it drafted.
+    """
+
+    num_speculations: int | None = None
+    exit_layer: int | None = None
+    draft_length: str | None = None
+    draft_vocab: int | None = None
+    draft_adapter: str | None = None
+    exit_layers: tuple[int, ...] = ()
+    lookup: LookupCounts | None = None
+
+
 class Drafter(ABC):
     """Propose draft tokens; learn how many were accepted."""
 
@@ -84,9 +110,9 @@ class Drafter(ABC):
     def bind(self, model: LlamaForCausalLM) -> None:
         """Called with the target model before a generation: load or check what depends on it."""
 
-    def describe(self) -> dict[str, object]:
+    def report(self) -> DraftReport:
         """Settings and counts reported in the generation stats (read when a generation ends)."""
-        return {"num_speculations": self.max_tokens}
+        return DraftReport(num_speculations=self.max_tokens)
 
 
 class DraftRound:
@@ -146,9 +172,9 @@ class EarlyExitDrafter(Drafter):
         self._head: DraftHead | None = None
         self._head_dtype: tuple[torch.dtype, torch.device] | None = None
 
-    def describe(self) -> dict[str, object]:
-        return {"exit_layer": self.exit_layer, "num_speculations": self.length.k, "draft_length": self.length.name,
-                "draft_vocab": self.draft_vocab}
+    def report(self) -> DraftReport:
+        return DraftReport(num_speculations=self.length.k, exit_layer=self.exit_layer, draft_length=self.length.name,
+                           draft_vocab=self.draft_vocab)
 
     def ranking_directories(self, model: LlamaForCausalLM) -> list[Path | None]:
         """Where the draft vocabulary's frequency ranking is looked for."""

@@ -68,26 +68,40 @@ class ExitCriterion(ABC):
     def observe_exit(self, view: LayerView) -> None:
         """Called with the view at the layer the token left from."""
 
-    def settings(self) -> dict[str, Any]:
-        return {}
 
+class SuccessiveLayers(ExitCriterion):
+    """Exits when a measure of the token's state after this layer is close to the one after the previous layer."""
 
-class CosineSimilarity(ExitCriterion):
-    name = "cosine_similarity"
-
-    def __init__(self, threshold: float = 0.95) -> None:
+    def __init__(self, threshold: float) -> None:
         self.threshold = threshold
 
     def start_token(self, max_layer: int) -> None:
         super().start_token(max_layer)
-        self.previous: torch.Tensor | None = None
+        self.previous: Any = None
+
+    @abstractmethod
+    def measure(self, view: LayerView) -> Any: ...
+
+    @abstractmethod
+    def close(self, current: Any, previous: Any) -> bool: ...
 
     def should_exit(self, view: LayerView) -> bool:
-        current, previous, self.previous = view.normed, self.previous, view.normed
-        return previous is not None and float(F.cosine_similarity(current, previous, dim=0)) > self.threshold
+        current, previous = self.measure(view), self.previous
+        self.previous = current
+        return previous is not None and self.close(current, previous)
 
-    def settings(self) -> dict[str, Any]:
-        return {"threshold": self.threshold}
+
+class CosineSimilarity(SuccessiveLayers):
+    name = "cosine_similarity"
+
+    def __init__(self, threshold: float = 0.95) -> None:
+        super().__init__(threshold)
+
+    def measure(self, view: LayerView) -> torch.Tensor:
+        return view.normed
+
+    def close(self, current: torch.Tensor, previous: torch.Tensor) -> bool:
+        return float(F.cosine_similarity(current, previous, dim=0)) > self.threshold
 
 
 class TokenRepeat(ExitCriterion):
@@ -108,9 +122,6 @@ class TokenRepeat(ExitCriterion):
         self.last = token
         return self.count >= self.patience
 
-    def settings(self) -> dict[str, Any]:
-        return {"patience": self.patience}
-
 
 def layer_threshold(layer: int, num_layers: int) -> float:
     """The seed fork's τ(l) = 0.99·r^0.75 + 0.75·(1 − r^0.75), r = (L − l)/L."""
@@ -129,9 +140,6 @@ class MaxProbability(ExitCriterion):
         tau = self.threshold if self.threshold is not None else layer_threshold(view.layer, view.model.num_layers)
         return float(view.probs.max()) > tau
 
-    def settings(self) -> dict[str, Any]:
-        return {"threshold": self.threshold}
-
 
 class Top2Margin(ExitCriterion):
     name = "top2_margin"
@@ -142,9 +150,6 @@ class Top2Margin(ExitCriterion):
     def should_exit(self, view: LayerView) -> bool:
         top = view.probs.topk(2).values
         return float(top[0] - top[1]) > self.threshold
-
-    def settings(self) -> dict[str, Any]:
-        return {"threshold": self.threshold}
 
 
 class EntropyBased(ExitCriterion):
@@ -158,26 +163,18 @@ class EntropyBased(ExitCriterion):
         entropy = -(logp.exp() * logp).sum()
         return float(entropy) < self.threshold
 
-    def settings(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "temperature": self.temperature}
 
-
-class Convergence(ExitCriterion):
+class Convergence(SuccessiveLayers):
     name = "convergence"
 
     def __init__(self, threshold: float = 0.01) -> None:
-        self.threshold = threshold
+        super().__init__(threshold)
 
-    def start_token(self, max_layer: int) -> None:
-        super().start_token(max_layer)
-        self.previous: float | None = None
+    def measure(self, view: LayerView) -> float:
+        return float(view.probs.max())
 
-    def should_exit(self, view: LayerView) -> bool:
-        current, previous, self.previous = float(view.probs.max()), self.previous, float(view.probs.max())
-        return previous is not None and abs(current - previous) <= self.threshold
-
-    def settings(self) -> dict[str, Any]:
-        return {"threshold": self.threshold}
+    def close(self, current: float, previous: float) -> bool:
+        return abs(current - previous) <= self.threshold
 
 
 class RandomExit(ExitCriterion):
@@ -218,9 +215,6 @@ class LogitsFuture(ExitCriterion):
             self.current = max(1, view.layer - 1)
         elif confidence < self.low:
             self.current = min(self.max_layer, view.layer + 1)
-
-    def settings(self) -> dict[str, Any]:
-        return {"high": self.high, "low": self.low}
 
 
 CRITERIA: dict[str, type[ExitCriterion]] = {

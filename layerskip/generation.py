@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 
 from layerskip.cache import KVCache
-from layerskip.drafting import DecodeState, Draft, Drafter
+from layerskip.drafting import DecodeState, Draft, Drafter, DraftReport
 from layerskip.dynamic_exit import dynamic_exit_logits
 from layerskip.errors import LayerskipError
 from layerskip.exit_criteria import ExitCriterion
@@ -38,6 +38,29 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """What ``generate`` decodes with (``layerskip.strategy.Strategy.decoding`` builds it from a strategy).
+
+    - ``drafter``: None for autoregressive decoding, else self-speculative decoding with it.
+    - ``depth``: layers of the target model (None: all; fewer = early-exit inference).
+    - ``criterion``: autoregressive dynamic early exit (no drafter): each token leaves at the first
+      layer the criterion accepts, at most ``depth`` (``layerskip.dynamic_exit``).
+    """
+
+    drafter: Drafter | None = None
+    depth: int | None = None
+    criterion: ExitCriterion | None = None
+
+    def __post_init__(self) -> None:
+        if self.criterion is not None and self.drafter is not None:
+            raise ValueError("a dynamic exit criterion for the target excludes a drafter (give the criterion to the drafter)")
+
+
+#: full-depth autoregressive decoding
+AUTOREGRESSIVE = Decoding()
 
 
 @dataclass
@@ -67,6 +90,24 @@ class GenerationStats:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def add_report(self, report: DraftReport) -> None:
+        """Copy a drafter's report (settings, lookup counts) into these stats."""
+        self.num_speculations = report.num_speculations
+        self.exit_layer = report.exit_layer
+        self.draft_length = report.draft_length
+        self.draft_vocab = report.draft_vocab
+        self.draft_adapter = report.draft_adapter
+        if report.lookup is not None:
+            self.lookup_rounds = report.lookup.rounds
+            self.lookup_drafted_tokens = report.lookup.drafted_tokens
+            self.lookup_accepted_tokens = report.lookup.accepted_tokens
+
+    def add_exits(self, exits: Sequence[int]) -> None:
+        """Mean and histogram of per-token exit layers (dynamic exits)."""
+        if exits:
+            self.mean_exit_layer = sum(exits) / len(exits)
+            self.exit_layer_histogram = {layer: exits.count(layer) for layer in sorted(set(exits))}
 
 
 @dataclass
@@ -104,29 +145,44 @@ def _stop_word_end(
 
 
 @torch.inference_mode()
+def generate_batch(model: LlamaForCausalLM, prompts: torch.Tensor, max_steps: int) -> torch.Tensor:
+    """Greedy autoregressive continuations of a batch: prompts ``[batch, P]`` -> ``[batch, max_steps]`` (on the CPU).
+
+    The batch path of the engine: every row has the same length, so no padding is needed, and one
+    KV cache serves the batch; there are no stop conditions (each row gets ``max_steps`` tokens).
+    Row i equals ``generate`` greedy on ``prompts[i]`` without stop tokens.
+    """
+    batch, length = prompts.shape
+    check_fits(model, length, max_steps, batch_size=batch)
+    cache = KVCache(model.config, batch, length + max_steps, model.device, model.dtype)
+    hidden = model.run_layers(model.embed(prompts.to(model.device)), 0, model.num_layers, cache, 0)
+    token = model.unembed(hidden[:, -1:]).argmax(-1)  # [batch, 1]
+    out = [token]
+    for i in range(max_steps - 1):
+        hidden = model.run_layers(model.embed(token), 0, model.num_layers, cache, length + i)
+        token = model.unembed(hidden).argmax(-1)
+        out.append(token)
+    return torch.cat(out, dim=1).cpu()
+
+
+@torch.inference_mode()
 def generate(
     model: LlamaForCausalLM,
     prompt_ids: Sequence[int],
     config: GenerationConfig,
-    drafter: Drafter | None = None,
-    depth: int | None = None,
+    decoding: Decoding = AUTOREGRESSIVE,
     on_tokens: TokenCallback | None = None,
     decode: Callable[[list[int]], str] | None = None,
-    exit_criterion: ExitCriterion | None = None,
 ) -> GenerationResult:
-    """Generate up to ``config.max_steps`` tokens after ``prompt_ids`` (batch 1).
+    """Generate up to ``config.max_steps`` tokens after ``prompt_ids`` (batch 1) with ``decoding``.
 
-    ``depth``: layers of the target model (default all; fewer = early-exit inference).
-    ``drafter``: None for autoregressive decoding, else self-speculative decoding with it.
+    ``on_tokens``: called after every round with its new tokens.
     ``decode``: token ids -> text, needed only for ``stop_words``.
-    ``exit_criterion``: autoregressive dynamic early exit (no drafter): each token leaves at the
-    first layer the criterion accepts, at most ``depth`` (``layerskip.dynamic_exit``).
     """
-    if exit_criterion is not None and drafter is not None:
-        raise ValueError("a dynamic exit criterion for the target excludes a drafter (give the criterion to the drafter)")
     if not prompt_ids:
         raise ValueError("empty prompt")
-    depth = model.num_layers if depth is None else depth
+    drafter, exit_criterion = decoding.drafter, decoding.criterion
+    depth = model.num_layers if decoding.depth is None else decoding.depth
     if not 1 <= depth <= model.num_layers:
         raise ValueError(f"depth {depth} outside 1..{model.num_layers}")
     if config.stop_words and decode is None:
@@ -215,13 +271,10 @@ def generate(
     if stats.verify_forwards:
         stats.mean_tokens_per_verification = (len(generated) - 1) / stats.verify_forwards
     if drafter is not None:
-        for key, value in drafter.describe().items():
-            if hasattr(stats, key):
-                setattr(stats, key, value)
-    exits = exits or list(getattr(drafter, "exit_layers", []))
-    if exits:
-        stats.mean_exit_layer = sum(exits) / len(exits)
-        stats.exit_layer_histogram = {layer: exits.count(layer) for layer in sorted(set(exits))}
+        report = drafter.report()
+        stats.add_report(report)
+        exits = list(report.exit_layers)
+    stats.add_exits(exits)
     stats.time_per_token = stats.total_time / len(generated)
     stats.tokens_per_second = len(generated) / stats.total_time if stats.total_time > 0 else 0.0
     return GenerationResult(generated, stats)

@@ -15,13 +15,13 @@ sublayer is the identity on the residual stream.
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import torch
 
 from layerskip.draft_length import FixedLength, LengthPolicy
-from layerskip.drafting import DecodeState, Draft, Drafter, DraftRound
-from layerskip.exit_criteria import ExitCriterion, LayerView
+from layerskip.drafting import DecodeState, Draft, Drafter, DraftReport, DraftRound
+from layerskip.dynamic_exit import walk_layers
+from layerskip.exit_criteria import ExitCriterion
 from layerskip.model import NO_SKIP, SkipSet
 
 
@@ -50,8 +50,9 @@ class LayerwiseDrafter(Drafter):
         self._limit = 0
         self.exit_layers: list[int] = []
 
-    def describe(self) -> dict[str, object]:
-        return {"exit_layer": self.max_exit, "num_speculations": self.length.k, "draft_length": self.length.name}
+    def report(self) -> DraftReport:
+        return DraftReport(num_speculations=self.length.k, exit_layer=self.max_exit, draft_length=self.length.name,
+                           exit_layers=tuple(self.exit_layers))
 
     def reset(self) -> None:
         self.exit_layers = []
@@ -66,37 +67,6 @@ class LayerwiseDrafter(Drafter):
         dropped = {l for l in range(self.max_exit) if self.rng.random() < self.skip_proportion}
         return SkipSet(self.skip.attn | dropped, self.skip.mlp | dropped)
 
-    def _draft_one(self, state: DecodeState, ids: torch.Tensor, slot: int) -> tuple[torch.Tensor, list[torch.Tensor], int, int]:
-        """Run one token (``ids`` ``[1, 1]``): (logits at its exit ``[vocab]``, hidden states ``h_0..h_exit``, exit layer,
-        first layer whose K/V or output is not the full model's)."""
-        model = state.model
-        skips = self.token_skips()
-        hidden = model.embed(ids)
-        states = [hidden]
-        exact_below = self.max_exit
-        if self.criterion is not None:
-            self.criterion.start_token(self.max_exit)
-        exit_layer = self.max_exit
-        view = None
-        for layer in range(self.max_exit):
-            hidden = model.run_layers(hidden, layer, layer + 1, state.cache, slot, skip=skips)
-            states.append(hidden)
-            if (layer in skips.attn or layer in skips.mlp) and exact_below > layer:
-                exact_below = layer
-            if self.criterion is not None and layer + 1 < self.max_exit:
-                view = LayerView(model, hidden, layer + 1)
-                if self.criterion.should_exit(view):
-                    exit_layer = layer + 1
-                    break
-        if exit_layer < self.max_exit:
-            model.propagate_state(hidden, exit_layer, self.max_exit, state.cache, slot)
-            exact_below = min(exact_below, exit_layer)
-        if view is None or view.layer != exit_layer:
-            view = LayerView(model, hidden, exit_layer)
-        if self.criterion is not None:
-            self.criterion.observe_exit(view)
-        return view.logits, states, exit_layer, exact_below
-
     def propose(self, state: DecodeState, limit: int) -> Draft:
         self._limit = n_max = min(limit, self.length.round_limit())
         if n_max <= 0:
@@ -107,15 +77,12 @@ class LayerwiseDrafter(Drafter):
         all_states: list[list[torch.Tensor]] = []
         reuse = self.max_exit
         for i in range(n_max):
-            logits, states, exit_layer, exact_below = self._draft_one(state, drafts.last_ids, state.slot + i)
-            self.exit_layers.append(exit_layer)
-            reuse = min(reuse, exact_below)
-            all_states.append(states)
-            if not drafts.add(logits):
+            walk = walk_layers(state.model, drafts.last_ids, state.cache, state.slot + i, self.max_exit,
+                               self.criterion, self.token_skips())
+            self.exit_layers.append(walk.exit_layer)
+            reuse = min(reuse, walk.exact_below)
+            all_states.append(walk.states)
+            if not drafts.add(walk.logits):
                 break
         exit_hidden = torch.cat([s[reuse] for s in all_states], dim=1) if reuse > 0 else None
         return drafts.draft(reuse, exit_hidden)
-
-    def settings(self) -> dict[str, Any]:
-        return {"max_exit": self.max_exit, "skip": {"attn": sorted(self.skip.attn), "mlp": sorted(self.skip.mlp)},
-                "skip_proportion": self.skip_proportion}

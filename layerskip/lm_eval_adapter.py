@@ -16,19 +16,17 @@ import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from layerskip.draft_config import DraftConfig
 from layerskip.generation import GenerationConfig, generate
 from layerskip.loading import LoadedModel
 from layerskip.sampling import SamplingConfig
-from layerskip.strategy import strategy_from_config
+from layerskip.strategy import Strategy
 
 
 class LayerskipLM(TemplateLM):
     def __init__(
         self,
         loaded: LoadedModel,
-        generation_strategy: str = "autoregressive",
-        draft: DraftConfig = DraftConfig(),
+        strategy: Strategy = Strategy(),
         config: GenerationConfig | None = None,
         batch_size: int = 8,
         max_length: int | None = None,
@@ -38,14 +36,13 @@ class LayerskipLM(TemplateLM):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
-        self.generation_strategy = generation_strategy
-        self.draft = draft
+        self.strategy = strategy
         self.config = config or GenerationConfig(max_steps=256, sampling=SamplingConfig(sample=False))
         self.batch_size = batch_size
         self.max_length = max_length or min(self.model.config.max_position_embeddings, 4096)
         self.seed = seed
         self.generation_stats: list[dict[str, Any]] = []
-        strategy_from_config(generation_strategy, draft, self.model.num_layers, seed)  # validate early
+        strategy.validate(self.model.num_layers)  # early, before any request
 
     # ---- tokenization -------------------------------------------------------------------------
     @property
@@ -143,9 +140,8 @@ class LayerskipLM(TemplateLM):
             config = replace(self.config, max_steps=max_tokens, sampling=sampling, stop_words=tuple(until),
                              stop_token_ids=tuple(dict.fromkeys([*self.config.stop_token_ids, self.eot_token_id])))
             ids = self.tok_encode(context)[-(self.max_length - max_tokens - 16) :]
-            chosen = strategy_from_config(self.generation_strategy, self.draft, self.model.num_layers, self.seed)
-            result = generate(self.model, ids, config, chosen.drafter, chosen.depth, decode=self.tok_decode,
-                              exit_criterion=chosen.criterion)
+            decoding = self.strategy.decoding(self.model.num_layers, self.seed)
+            result = generate(self.model, ids, config, decoding, decode=self.tok_decode)
             text = self.tok_decode(result.token_ids)
             for stop in until:
                 if stop:

@@ -17,9 +17,11 @@ the model's own draft (early exit, layer-wise, adapter, ...) otherwise.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from layerskip.drafting import DecodeState, Draft, Drafter
+from layerskip.drafting import DecodeState, Draft, Drafter, DraftReport, LookupCounts
 from layerskip.sampling import banned_ngram_tokens
 
 
@@ -63,7 +65,7 @@ class PromptLookupDrafter(Drafter):
     Drafts end after a stop token, and before a token that ``no_repeat_ngram_size`` forbids (the
     target gives it probability 0: it would be rejected for sure). A match whose continuation is
     cut to nothing falls back on the next shorter n. Counts the rounds it drafted and what was
-    accepted (``describe``).
+    accepted (``report``).
     """
 
     def __init__(self, num_speculations: int, max_ngram: int = 3, min_ngram: int = 1) -> None:
@@ -86,9 +88,8 @@ class PromptLookupDrafter(Drafter):
             self.drafted += drafted
             self.accepted += accepted
 
-    def describe(self) -> dict[str, object]:
-        return {"num_speculations": self.max_tokens, "lookup_rounds": self.rounds,
-                "lookup_drafted_tokens": self.drafted, "lookup_accepted_tokens": self.accepted}
+    def report(self) -> DraftReport:
+        return DraftReport(num_speculations=self.max_tokens, lookup=LookupCounts(self.rounds, self.drafted, self.accepted))
 
     def lookup(self, history: list[int], limit: int, stop_ids: frozenset[int] = frozenset(),
                no_repeat_ngram_size: int = 0) -> list[int]:
@@ -141,11 +142,6 @@ class LookupOrModelDrafter(Drafter):
         self.max_tokens = max(lookup.max_tokens, model.max_tokens)
         self._last: Drafter = model
 
-    @property
-    def exit_layers(self) -> list[int]:
-        """The model drafter's per-token exit layers, when it records them (layer-wise drafts)."""
-        return list(getattr(self.model, "exit_layers", []))
-
     def reset(self) -> None:
         self.lookup.reset()
         self.model.reset()
@@ -159,5 +155,6 @@ class LookupOrModelDrafter(Drafter):
     def update(self, drafted: int, accepted: int) -> None:
         self._last.update(drafted, accepted)
 
-    def describe(self) -> dict[str, object]:
-        return {**self.lookup.describe(), **self.model.describe()}
+    def report(self) -> DraftReport:
+        """The model drafter's report (settings, exit layers) with the lookup's counts."""
+        return replace(self.model.report(), lookup=self.lookup.report().lookup)

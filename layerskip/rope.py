@@ -60,9 +60,8 @@ class RotaryTable:
 
         ``limit`` is known on the host, so growing the table never needs a device sync.
         """
-        needed = limit
-        if needed > self.cos.shape[0]:
-            self._grow(needed)
+        if limit > self.cos.shape[0]:
+            self._grow(limit)
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 

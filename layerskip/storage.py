@@ -17,6 +17,23 @@ from typing import Callable
 PARTIAL = ".partial-"
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a directory's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves either the old or the new file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    fsync_path(tmp)
+    os.replace(tmp, path)
+
+
 def layerskip_home() -> Path:
     """``$LAYERSKIP_HOME``, else ``~/.cache/layerskip``."""
     return Path(os.environ.get("LAYERSKIP_HOME") or Path.home() / ".cache" / "layerskip").expanduser()

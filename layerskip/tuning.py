@@ -8,7 +8,6 @@ changes only how drafts are made, never what is accepted.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -16,7 +15,7 @@ from layerskip.adapter import read_adapter_config
 from layerskip.draft_config import DraftConfig
 from layerskip.generation import GenerationConfig, generate
 from layerskip.model import LlamaForCausalLM
-from layerskip.strategy import strategy_from_config
+from layerskip.strategy import Strategy
 
 CRITERION_RANGES = {
     "max_probability": (0.3, 0.99),
@@ -45,8 +44,7 @@ def measure(model: LlamaForCausalLM, prompts: Sequence[list[int]], config: Gener
     """Tokens per second over all prompts (generated tokens / decoding time)."""
     tokens, seconds = 0, 0.0
     for ids in prompts:
-        chosen = strategy_from_config(name, draft, model.num_layers)
-        stats = generate(model, ids, config, chosen.drafter, chosen.depth, exit_criterion=chosen.criterion).stats
+        stats = generate(model, ids, config, Strategy("layerskip", name, draft).decoding(model.num_layers)).stats
         tokens += stats.generated_tokens
         seconds += stats.total_time
     return tokens / seconds if seconds > 0 else 0.0
@@ -99,7 +97,6 @@ def tune(
     autoregressive = measure(model, prompts, config, "autoregressive", DraftConfig())
     default_tps = measure(model, prompts, config, "self_speculative", default) if default else None
     history: list[dict[str, Any]] = []
-    start = time.monotonic()
 
     def objective(trial: Any) -> float:
         draft = suggest(trial, model.num_layers, max_k, modes, default if default and default.draft_adapter else None)
@@ -124,5 +121,4 @@ def tune(
     best_tps = measure(model, prompts, config, "self_speculative", best)
     if default:
         default_tps = measure(model, prompts, config, "self_speculative", default)
-    del start
     return TuneResult(best, best_tps, default, default_tps, autoregressive, len(history), history)

@@ -2,11 +2,52 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from layerskip.tokenizer_training import save_tokenizer, train_bpe_tokenizer
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, stdin: str | None = None) -> CliResult:
+    """``layerskip ARGS`` in this process (``layerskip.cli.main``), with its exit status, stdout and
+    stderr: argparse's exit (status 2) included; warnings are ignored as the CLI's users see them."""
+    from layerskip.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_stdin = sys.stdin
+    sys.stdin = io.StringIO(stdin or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                code = main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.stdin = saved_stdin
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def assert_one_line_error(proc: CliResult, needle: str) -> None:
+    """A non-zero exit whose stderr is exactly one line, containing ``needle``, and no traceback."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0], proc.stderr
+
 
 CORPUS = [
     "def add(a, b):\n    return a + b\n",

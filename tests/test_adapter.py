@@ -18,7 +18,7 @@ from layerskip.cli import main
 from layerskip.draft_head import DraftHead, draft_subset, frequency_ranking, load_ranking, save_ranking
 from layerskip.drafting import EarlyExitDrafter
 from layerskip.errors import LayerskipError
-from layerskip.generation import GenerationConfig, generate
+from layerskip.generation import Decoding, GenerationConfig, generate
 from layerskip.loading import load_model
 from layerskip.sampling import SamplingConfig
 from layerskip.training.adapter_objective import soft_target_loss, vocabulary_index
@@ -120,7 +120,7 @@ def test_greedy_with_adapter_equals_autoregressive(tiny_dir, tmp_path, exit_laye
     accepted = rejected = 0
     for prompt in PROMPTS:
         ar = generate(model, prompt, GREEDY)
-        sd = generate(model, prompt, GREEDY, drafter)
+        sd = generate(model, prompt, GREEDY, Decoding(drafter))
         assert sd.token_ids == ar.token_ids
         accepted += sd.stats.accepted_tokens
         rejected += sd.stats.drafted_tokens - sd.stats.accepted_tokens
@@ -137,7 +137,7 @@ def test_draft_vocab_greedy_equals_autoregressive(tiny_dir, tmp_path):
     save_ranking(tmp_path, frequency_ranking(torch.tensor(PROMPTS[0] * 3 + list(range(100))), 300))
     drafter = EarlyExitDrafter(2, 3, draft_vocab=60)
     for prompt in PROMPTS:
-        sd = generate(model, prompt, GREEDY, drafter)
+        sd = generate(model, prompt, GREEDY, Decoding(drafter))
         assert sd.token_ids == generate(model, prompt, GREEDY).token_ids
         assert sd.stats.draft_vocab == 60
 
@@ -156,7 +156,7 @@ def test_train_adapter_writes_a_usable_adapter(trained, tiny_dir, tiny_model):
     assert not torch.equal(weights["block.self_attn.q_proj.weight"], initial.block.self_attn.q_proj.weight)  # it trained
     drafter = AdapterDrafter(final, 3, draft_vocab=120)
     for prompt in PROMPTS:
-        assert generate(tiny_model, prompt, GREEDY, drafter).token_ids == generate(tiny_model, prompt, GREEDY).token_ids
+        assert generate(tiny_model, prompt, GREEDY, Decoding(drafter)).token_ids == generate(tiny_model, prompt, GREEDY).token_ids
 
 
 def test_train_adapter_resume_is_exact(trained, tiny_dir, tmp_path):

@@ -27,7 +27,7 @@ class Killed(Exception):
 class Killer:
     """Wraps every operation of the protocol that changes the disk; dies before the ``at``-th."""
 
-    NAMES = ("save_file", "_fsync", "_remove")
+    NAMES = ("save_file", "fsync_path", "_remove")
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, at: int | None) -> None:
         self.calls, self.at = 0, at

@@ -11,22 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import assert_one_line_error, run_cli
+
 from layerskip.cli import main
-
-
-def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    return subprocess.run(
-        [sys.executable, "-m", "layerskip", *args], input=stdin, capture_output=True, text=True, env=env, timeout=120
-    )
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert needle in lines[0], proc.stderr
 
 
 def test_json_output_self_speculative_equals_autoregressive(tiny_dir, capsys):

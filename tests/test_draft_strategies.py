@@ -16,8 +16,12 @@ from layerskip.draft_length import ConfidenceThreshold, HeuristicLength
 from layerskip.dynamic_exit import dynamic_exit_logits
 from layerskip.errors import LayerskipError
 from layerskip.exit_criteria import CRITERIA, layer_threshold, make_criterion
-from layerskip.generation import GenerationConfig, generate
+from layerskip.generation import Decoding, GenerationConfig, generate
+from layerskip.fast_linear import prepare_for_inference
+from layerskip.loading import load_model
 from layerskip.sampling import SamplingConfig
+
+from helpers import dampen_layers
 
 GREEDY = SamplingConfig(sample=False)
 PROMPT = [0, 17, 42, 99, 7, 150]
@@ -124,16 +128,30 @@ def test_adaptive_lengths_start_each_generation_afresh_and_report_k(tiny_model, 
     config = GenerationConfig(max_steps=30, sampling=GREEDY)
     fresh = lambda: build_drafter(DraftConfig(exit_layer=2, num_speculations=3, draft_length=length), tiny_model.num_layers)
     reused = fresh()
-    first = generate(tiny_model, PROMPT, config, reused).stats
-    again = generate(tiny_model, PROMPT, config, reused).stats
+    first = generate(tiny_model, PROMPT, config, Decoding(reused)).stats
+    again = generate(tiny_model, PROMPT, config, Decoding(reused)).stats
     assert again.as_dict() | {"total_time": 0, "time_to_first_token": 0, "time_per_token": 0, "tokens_per_second": 0} == \
         first.as_dict() | {"total_time": 0, "time_to_first_token": 0, "time_per_token": 0, "tokens_per_second": 0}
-    assert first.drafted_tokens == generate(tiny_model, PROMPT, config, fresh()).stats.drafted_tokens
+    assert first.drafted_tokens == generate(tiny_model, PROMPT, config, Decoding(fresh())).stats.drafted_tokens
     assert (first.num_speculations, first.draft_length) == (3, length)
 
 
+@pytest.fixture(scope="module")
+def exiting_model(tiny_dir):
+    """The tiny model with layers 1.. damped (x0.3) and logits sharpened (final norm x10): every
+    criterion below exits early on some tokens and at the deepest layer on others, and drafts are
+    rejected often enough that every acceptance path runs."""
+    model = load_model(tiny_dir, torch.device("cpu"), torch.float32)
+    dampen_layers(model, 1, 0.3)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(10.0)
+    return prepare_for_inference(model)
+
+
+ACCEPTS_ALL = {"criteria_token_repeat"}  # it exits only where three layers agree: every draft is accepted
+DYNAMIC_EXIT = 4  # the deepest exit of the criteria drafts: the layer count, so token_repeat (patience 3) can fire
 STRATEGIES = {
-    **{f"criteria_{name}": DraftConfig(exit_layer=3, num_speculations=4, criteria=name) for name in CRITERIA},
+    **{f"criteria_{name}": DraftConfig(exit_layer=DYNAMIC_EXIT, num_speculations=4, criteria=name) for name in CRITERIA},
     "skip_attn_mlp": DraftConfig(num_speculations=4, skip_attn=(1,), skip_mlp=(2,)),
     "skip_with_exit": DraftConfig(exit_layer=3, num_speculations=3, skip_mlp=(0,)),
     "random_skip": DraftConfig(exit_layer=4, num_speculations=3, layer_skip_proportion=0.3),
@@ -145,26 +163,41 @@ STRATEGIES = {
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_every_draft_strategy_is_exact(tiny_model, name):
+def test_every_draft_strategy_is_exact(exiting_model, name):
     config = GenerationConfig(max_steps=30, sampling=GREEDY)
-    expected = generate(tiny_model, PROMPT, config).token_ids
-    drafter = build_drafter(STRATEGIES[name], tiny_model.num_layers)
-    got = generate(tiny_model, PROMPT, config, drafter)
+    expected = generate(exiting_model, PROMPT, config).token_ids
+    draft = STRATEGIES[name]
+    got = generate(exiting_model, PROMPT, config, Decoding(build_drafter(draft, exiting_model.num_layers)))
     assert got.token_ids == expected
-    assert got.stats.drafted_tokens > 0
+    s = got.stats
+    assert s.drafted_tokens > 0
+    assert (s.accepted_tokens == s.drafted_tokens) == (name in ACCEPTS_ALL)  # rejections: every verification path ran
+    if draft.criteria:
+        histogram = s.exit_layer_histogram
+        assert sum(histogram.values()) == s.drafted_tokens  # one exit per drafted token
+        assert min(histogram) < draft.exit_layer  # the criterion let some tokens exit early
+        if draft.criteria != "random":  # random exits in [E/4, 3E/4] by design
+            assert max(histogram) == draft.exit_layer  # and kept others to the deepest layer
 
 
 def test_dynamic_drafts_report_exit_layers(tiny_model):
     drafter = build_drafter(DraftConfig(exit_layer=3, num_speculations=4, criteria="random"), tiny_model.num_layers)
-    stats = generate(tiny_model, PROMPT, GenerationConfig(max_steps=20, sampling=GREEDY), drafter).stats
+    stats = generate(tiny_model, PROMPT, GenerationConfig(max_steps=20, sampling=GREEDY), Decoding(drafter)).stats
     assert stats.exit_layer_histogram and set(stats.exit_layer_histogram) <= {1, 2, 3}
     assert 1 <= stats.mean_exit_layer <= 3
 
 
-def test_layerwise_drafter_sampling_runs(tiny_model):
-    drafter = build_drafter(DraftConfig(exit_layer=3, num_speculations=3, criteria="top2_margin", threshold=0.1), tiny_model.num_layers)
-    result = generate(tiny_model, PROMPT, GenerationConfig(max_steps=15, sampling=SamplingConfig(sample=True, temperature=1.0)), drafter)
-    assert len(result.token_ids) == 15
+def test_layerwise_drafter_sampling_is_seeded_and_counts_add_up(tiny_model):
+    def run(seed: int):
+        drafter = build_drafter(DraftConfig(exit_layer=3, num_speculations=3, criteria="top2_margin", threshold=0.1), tiny_model.num_layers)
+        config = GenerationConfig(max_steps=15, sampling=SamplingConfig(sample=True, temperature=1.0), seed=seed)
+        return generate(tiny_model, PROMPT, config, Decoding(drafter))
+
+    result = run(0)
+    s = result.stats
+    assert result.token_ids == run(0).token_ids and result.token_ids != run(1).token_ids
+    assert s.generated_tokens == 15 == 1 + s.accepted_tokens + s.verify_forwards
+    assert sum(s.exit_layer_histogram.values()) == s.drafted_tokens
 
 
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))
@@ -202,7 +235,7 @@ def test_autoregressive_dynamic_exit_leaves_valid_kv_everywhere(tiny_model, crit
 
 def test_autoregressive_dynamic_exit_through_generate(tiny_model):
     crit = make_criterion("top2_margin", threshold=0.0)  # random tiny model: tiny margins, so any margin exits
-    result = generate(tiny_model, PROMPT, GenerationConfig(max_steps=12, sampling=GREEDY), exit_criterion=crit)
+    result = generate(tiny_model, PROMPT, GenerationConfig(max_steps=12, sampling=GREEDY), Decoding(criterion=crit))
     s = result.stats
     assert len(result.token_ids) == 12 and sum(s.exit_layer_histogram.values()) == 11
     assert s.mean_exit_layer < tiny_model.num_layers

@@ -8,7 +8,7 @@ import torch
 from layerskip.drafting import EarlyExitDrafter
 from layerskip.errors import LayerskipError
 from layerskip.fast_linear import FusedLinear, Int8Linear, prepare_for_inference
-from layerskip.generation import GenerationConfig, generate
+from layerskip.generation import Decoding, GenerationConfig, generate
 from layerskip.loading import load, load_model
 from layerskip.sampling import SamplingConfig
 
@@ -51,7 +51,7 @@ def test_int8_self_speculative_equals_its_autoregressive_output(tiny_dir) -> Non
     prompt = [0, 17, 42, 99, 7]
     expected = generate(model, prompt, GenerationConfig(max_steps=30, sampling=GREEDY))
     for exit_layer, k in [(1, 4), (2, 2), (3, 7)]:
-        got = generate(model, prompt, GenerationConfig(max_steps=30, sampling=GREEDY), EarlyExitDrafter(exit_layer, k))
+        got = generate(model, prompt, GenerationConfig(max_steps=30, sampling=GREEDY), Decoding(EarlyExitDrafter(exit_layer, k)))
         assert got.token_ids == expected.token_ids
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from layerskip.drafting import DecodeState, Draft, Drafter, EarlyExitDrafter
-from layerskip.generation import GenerationConfig, generate
+from layerskip.generation import Decoding, GenerationConfig, generate
 from layerskip.sampling import SamplingConfig
 
 GREEDY = SamplingConfig(sample=False)
@@ -23,11 +23,12 @@ def autoregressive(model, prompt, **kw):
 def test_self_speculative_equals_autoregressive(tiny_model, prompt_len, exit_layer, k):
     prompt = PROMPTS[prompt_len]
     expected = autoregressive(tiny_model, prompt, max_steps=37)
-    got = generate(tiny_model, prompt, GenerationConfig(max_steps=37, sampling=GREEDY), EarlyExitDrafter(exit_layer, k))
+    got = generate(tiny_model, prompt, GenerationConfig(max_steps=37, sampling=GREEDY), Decoding(EarlyExitDrafter(exit_layer, k)))
     assert got.token_ids == expected.token_ids
     assert got.stats.generated_tokens == 37
     assert got.stats.drafted_tokens > 0
-    assert 0 <= got.stats.accepted_tokens <= got.stats.drafted_tokens
+    # every round adds its accepted drafts and one token of the full model's (no stop token here)
+    assert got.stats.generated_tokens == 1 + got.stats.accepted_tokens + got.stats.verify_forwards
     assert got.stats.verify_forwards < 37
 
 
@@ -36,7 +37,7 @@ def test_max_steps_boundaries(tiny_model, max_steps):
     prompt = PROMPTS[5]
     expected = autoregressive(tiny_model, prompt, max_steps=max_steps)
     for k in (1, 3, 4):
-        got = generate(tiny_model, prompt, GenerationConfig(max_steps=max_steps, sampling=GREEDY), EarlyExitDrafter(2, k))
+        got = generate(tiny_model, prompt, GenerationConfig(max_steps=max_steps, sampling=GREEDY), Decoding(EarlyExitDrafter(2, k)))
         assert got.token_ids == expected.token_ids
         assert len(got.token_ids) == max_steps
 
@@ -52,7 +53,7 @@ def test_stop_token_inside_a_draft(tiny_model):
         assert ar.token_ids == expected and ar.stats.stop_reason == "stop_token"
         for exit_layer, k in ((1, 5), (2, 3), (3, 6)):
             cfg = GenerationConfig(max_steps=40, sampling=GREEDY, stop_token_ids=(stop,))
-            got = generate(tiny_model, prompt, cfg, EarlyExitDrafter(exit_layer, k))
+            got = generate(tiny_model, prompt, cfg, Decoding(EarlyExitDrafter(exit_layer, k)))
             assert got.token_ids == expected, (stop, exit_layer, k)
 
 
@@ -79,14 +80,14 @@ def test_drafter_without_reuse_is_verified_exactly(tiny_model):
     bad = (full[4] + 1) % 300
     script = [[full[1], full[2], (full[3] + 1) % 300], [bad, full[4]], [full[5], full[6], full[7]]]
     drafter = ScriptedDrafter(script)
-    got = generate(tiny_model, prompt, GenerationConfig(max_steps=12, sampling=GREEDY), drafter)
+    got = generate(tiny_model, prompt, GenerationConfig(max_steps=12, sampling=GREEDY), Decoding(drafter))
     assert got.token_ids == full
     assert drafter.updates[:3] == [(3, 2), (2, 0), (3, 3)]
 
 
 def test_early_exit_inference_is_the_truncated_model(tiny_model):
     prompt = PROMPTS[5]
-    got = generate(tiny_model, prompt, GenerationConfig(max_steps=6, sampling=GREEDY), depth=2)
+    got = generate(tiny_model, prompt, GenerationConfig(max_steps=6, sampling=GREEDY), Decoding(depth=2))
     tokens = list(prompt)
     with torch.no_grad():
         for _ in range(6):
@@ -110,7 +111,7 @@ def test_stop_words_end_generation(tiny_model, tiny_dir):
     assert word.strip()
     cfg = GenerationConfig(max_steps=30, sampling=GREEDY, stop_words=(word,))
     for drafter in (None, EarlyExitDrafter(2, 5)):
-        got = generate(tiny_model, prompt, cfg, drafter, decode=decode)
+        got = generate(tiny_model, prompt, cfg, Decoding(drafter), decode=decode)
         out = decode(got.token_ids)
         assert word in out and word not in decode(got.token_ids[:-1])
         assert got.stats.stop_reason == "stop_word"
@@ -125,11 +126,11 @@ def test_no_repeat_ngram_applies_to_every_verified_position(tiny_model):
     bigrams = list(zip(seq, seq[1:]))
     assert len(bigrams) == len(set(bigrams))
     for k in (2, 5):
-        assert generate(tiny_model, prompt, cfg, EarlyExitDrafter(2, k)).token_ids == expected.token_ids
+        assert generate(tiny_model, prompt, cfg, Decoding(EarlyExitDrafter(2, k))).token_ids == expected.token_ids
 
 
 def test_stats_are_consistent(tiny_model):
-    got = generate(tiny_model, PROMPTS[5], GenerationConfig(max_steps=20, sampling=GREEDY), EarlyExitDrafter(2, 3))
+    got = generate(tiny_model, PROMPTS[5], GenerationConfig(max_steps=20, sampling=GREEDY), Decoding(EarlyExitDrafter(2, 3)))
     s = got.stats
     assert s.exit_layer == 2 and s.num_speculations == 3
     assert s.acceptance_rate == pytest.approx(s.accepted_tokens / s.drafted_tokens)

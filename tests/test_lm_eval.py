@@ -14,6 +14,7 @@ from layerskip.cli import main
 from layerskip.draft_config import DraftConfig
 from layerskip.lm_eval_adapter import LayerskipLM
 from layerskip.loading import load
+from layerskip.strategy import Strategy
 
 TASKS = Path(__file__).parent / "lm_eval_tasks"
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def lm(tiny_dir):
     loaded = load(str(tiny_dir), "cpu", "float32")
-    return LayerskipLM(loaded, "self_speculative", DraftConfig(exit_layer=2, num_speculations=3), batch_size=2)
+    return LayerskipLM(loaded, Strategy("layerskip", "self_speculative", DraftConfig(exit_layer=2, num_speculations=3)), batch_size=2)
 
 
 def test_loglikelihood_matches_a_direct_forward(lm):

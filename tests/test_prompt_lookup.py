@@ -4,27 +4,23 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from helpers import dampen_layers
+from helpers import assert_one_line_error, dampen_layers, run_cli
 from test_sampling import chi2, chi2_critical
 
 from layerskip.cli import main
 from layerskip.draft_config import DraftConfig, build_drafter, load_draft_config
-from layerskip.drafting import Draft, Drafter, EarlyExitDrafter
+from layerskip.drafting import Draft, Drafter, DraftReport, EarlyExitDrafter
 from layerskip.errors import LayerskipError
-from layerskip.evaluation.strategies import parse_spec, validate_spec
-from layerskip.generation import GenerationConfig, generate
+from layerskip.generation import Decoding, GenerationConfig, generate
 from layerskip.loading import load_model
 from layerskip.prompt_lookup import LookupOrModelDrafter, PromptLookupDrafter
 from layerskip.sampling import SamplingConfig, probabilities, process_logits
-from layerskip.strategy import strategy_from_config
+from layerskip.strategy import Strategy
 
 GREEDY = SamplingConfig(sample=False)
 PROMPT = [0, 17, 42, 99, 7, 150]
@@ -106,14 +102,14 @@ class Recording(Drafter):
         self.proposed, self.updates = [], []
         self.inner.reset()
 
-    def describe(self) -> dict[str, object]:
-        return self.inner.describe()
+    def report(self) -> DraftReport:
+        return self.inner.report()
 
 
 def test_composition_updates_only_the_drafter_that_drafted(tiny_model):
     model = Recording(EarlyExitDrafter(2, 3))
     drafter = LookupOrModelDrafter(PromptLookupDrafter(3), model)
-    stats = generate(tiny_model, PROMPT, GenerationConfig(max_steps=40, sampling=GREEDY), drafter).stats
+    stats = generate(tiny_model, PROMPT, GenerationConfig(max_steps=40, sampling=GREEDY), Decoding(drafter)).stats
     assert len(model.updates) == len(model.proposed) > 0 and [d for d, _ in model.updates] == model.proposed
     assert stats.lookup_rounds > 0 and stats.lookup_rounds + len(model.proposed) == stats.verify_forwards
     assert stats.lookup_drafted_tokens + sum(model.proposed) == stats.drafted_tokens
@@ -127,8 +123,8 @@ def test_composition_updates_only_the_drafter_that_drafted(tiny_model):
 def test_greedy_prompt_lookup_equals_autoregressive(tiny_model, draft, exit_layer, k):
     config = GenerationConfig(max_steps=40, sampling=GREEDY)
     expected = generate(tiny_model, PROMPT, config).token_ids
-    chosen = strategy_from_config("self_speculative", DraftConfig(exit_layer, k, draft=draft), tiny_model.num_layers)
-    got = generate(tiny_model, PROMPT, config, chosen.drafter)
+    chosen = Strategy("layerskip", "self_speculative", DraftConfig(exit_layer, k, draft=draft)).decoding(tiny_model.num_layers)
+    got = generate(tiny_model, PROMPT, config, chosen)
     s = got.stats
     assert got.token_ids == expected
     assert 0 < s.lookup_accepted_tokens < s.lookup_drafted_tokens  # lookups were made, some accepted, some not
@@ -144,7 +140,7 @@ def test_greedy_prompt_lookup_composes_with_layerwise_drafts_and_no_repeat_ngram
         config = GenerationConfig(max_steps=40, sampling=sampling)
         expected = generate(tiny_model, PROMPT, config).token_ids
         draft = DraftConfig(3, 4, criteria="top2_margin", threshold=0.2, draft_length="heuristic", draft="prompt_lookup+model")
-        got = generate(tiny_model, PROMPT, config, build_drafter(draft, tiny_model.num_layers))
+        got = generate(tiny_model, PROMPT, config, Decoding(build_drafter(draft, tiny_model.num_layers)))
         assert got.token_ids == expected and got.stats.lookup_rounds > 0 and got.stats.mean_exit_layer is not None
 
 
@@ -183,7 +179,7 @@ def test_sampling_with_prompt_lookup_reproduces_full_model_distribution(tiny_dir
     counts: dict[tuple, int] = {}
     lookup_drafted = lookup_accepted = drafted = 0
     for seed in range(n):
-        got = generate(model, prompt, GenerationConfig(max_steps=3, sampling=sampling, seed=seed), drafter)
+        got = generate(model, prompt, GenerationConfig(max_steps=3, sampling=sampling, seed=seed), Decoding(drafter))
         counts[tuple(got.token_ids)] = counts.get(tuple(got.token_ids), 0) + 1
         lookup_drafted += got.stats.lookup_drafted_tokens
         lookup_accepted += got.stats.lookup_accepted_tokens
@@ -201,10 +197,10 @@ def test_draft_config_fields_round_trip_and_validate(tmp_path):
     path = tmp_path / "draft.json"
     path.write_text(json.dumps({"draft": config.to_dict()}))
     assert load_draft_config(str(path)) == config
-    spec = parse_spec("self_speculative:draft=prompt_lookup,num_speculations=8,prompt_lookup_max_ngram=2")
+    spec = Strategy.parse("self_speculative:draft=prompt_lookup,num_speculations=8,prompt_lookup_max_ngram=2")
     assert (spec.draft.draft, spec.num_speculations, spec.draft.prompt_lookup_max_ngram) == ("prompt_lookup", 8, 2)
-    validate_spec(spec, 4)
-    validate_spec(parse_spec("self_speculative:draft=prompt_lookup"), 4)  # no exit layer, no k: k defaults to 10
+    spec.validate(4)
+    Strategy.parse("self_speculative:draft=prompt_lookup").validate(4)  # no exit layer, no k: k defaults to 10
     for bad, needle in [
         (DraftConfig(draft="prompt_lookup", prompt_lookup_min_ngram=0), "need 1 <= min <= max"),
         (DraftConfig(draft="prompt_lookup", prompt_lookup_min_ngram=3, prompt_lookup_max_ngram=2), "need 1 <= min <= max"),
@@ -212,11 +208,11 @@ def test_draft_config_fields_round_trip_and_validate(tmp_path):
         (DraftConfig(draft="prompt_lookup+model", num_speculations=3), "needs --exit_layer"),
     ]:
         with pytest.raises(LayerskipError, match=needle):
-            strategy_from_config("self_speculative", bad, 4)
+            Strategy("layerskip", "self_speculative", bad).validate(4)
     with pytest.raises(LayerskipError, match="is a draft strategy"):
-        strategy_from_config("autoregressive", DraftConfig(draft="prompt_lookup"), 4)
+        Strategy("layerskip", "autoregressive", DraftConfig(draft="prompt_lookup")).validate(4)
     with pytest.raises(LayerskipError, match="transformers only drafts with a fixed early exit"):
-        validate_spec(parse_spec("hf:self_speculative:e=2,k=3,draft=prompt_lookup+model"), 4)
+        Strategy.parse("hf:self_speculative:e=2,k=3,draft=prompt_lookup+model").validate(4)
 
 
 COMMON = ["--dataset", "human_eval", "--num_samples", "2", "--max_steps", "16", "--dtype", "float32", "--no_progress", "True"]
@@ -249,10 +245,5 @@ def test_cli_correctness_and_benchmark_with_prompt_lookup(tiny_dir, tmp_path, ca
     (["--draft", "prompt_lookup", "--generation_strategy", "autoregressive"], "is a draft strategy"),
 ])
 def test_cli_prompt_lookup_bad_input_is_one_line(tiny_dir, extra, needle):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "layerskip", "generate", "--model", str(tiny_dir), "--prompt", "hi",
-                           "--generation_strategy", "self_speculative", *extra],
-                          capture_output=True, text=True, env=env, timeout=120)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert_one_line_error(run_cli("generate", "--model", str(tiny_dir), "--prompt", "hi", "--generation_strategy",
+                                  "self_speculative", *extra), needle)

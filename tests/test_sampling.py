@@ -16,7 +16,7 @@ from layerskip.draft_head import save_ranking
 
 from layerskip.drafting import EarlyExitDrafter
 from layerskip.loading import load_model
-from layerskip.generation import GenerationConfig, generate
+from layerskip.generation import Decoding, GenerationConfig, generate
 from layerskip.sampling import SamplingConfig, banned_ngram_tokens, probabilities, process_logits
 from layerskip.verification import accept_greedy, accept_sampled
 
@@ -105,7 +105,7 @@ def test_self_speculative_sampling_reproduces_full_model_distribution(tiny_dir, 
     drafter = make_drafter(kind, tiny_model, tmp_path)
     accepted = drafted = 0
     for seed in range(n):
-        got = generate(tiny_model, prompt, GenerationConfig(max_steps=3, sampling=sampling, seed=seed), drafter)
+        got = generate(tiny_model, prompt, GenerationConfig(max_steps=3, sampling=sampling, seed=seed), Decoding(drafter))
         key = tuple(got.token_ids)
         counts[key] = counts.get(key, 0) + 1
         accepted += got.stats.accepted_tokens

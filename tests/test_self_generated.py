@@ -8,17 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_corpus
-from test_cli import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, write_corpus
 
 from layerskip.cli import main
-from layerskip.generation import GenerationConfig, generate
+from layerskip.generation import GenerationConfig, generate, generate_batch
 from layerskip.loading import load_tokenizer
 from layerskip.training.self_generated import (
     corpus_prefixes,
     training_prefixes,
     existing_records,
-    greedy_continuations,
     write_self_generated_corpus,
 )
 
@@ -38,7 +36,7 @@ def test_prefixes_are_seeded_windows_of_the_stream():
 
 def test_batched_continuations_equal_one_by_one_greedy_decoding(tiny_model):
     prefixes = torch.randint(3, 300, (3, 7), generator=torch.Generator().manual_seed(0))
-    batched = greedy_continuations(tiny_model, prefixes, 10)
+    batched = generate_batch(tiny_model, prefixes, 10)
     assert batched.shape == (3, 10)
     for row, prefix in enumerate(prefixes.tolist()):
         single = generate(tiny_model, prefix, GenerationConfig(max_steps=10))
@@ -55,7 +53,7 @@ def test_corpus_file_holds_prefix_and_continuation_and_resumes(tiny_model, tiny_
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["index"] for r in records] == [0, 1, 2, 3, 4] and all(r["prefix_tokens"] == 6 for r in records)
     for record, prefix in zip(records, prefixes.tolist()):
-        continuation = greedy_continuations(tiny_model, torch.tensor([prefix]), 4)[0].tolist()
+        continuation = generate_batch(tiny_model, torch.tensor([prefix]), 4)[0].tolist()
         assert record["text"] == tokenizer.decode(prefix + continuation, skip_special_tokens=False)
 
     # an interrupted file (last record cut mid-line) resumes where it stopped, with the same records

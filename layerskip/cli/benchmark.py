@@ -8,23 +8,15 @@ from dataclasses import asdict
 from typing import Any
 
 from layerskip.cli.arguments import add, add_dataset_arguments, add_generation_arguments, add_model_arguments
-from layerskip.cli.harness import Harness, default_draft, prepare
-from layerskip.cli.settings import draft_config
-from layerskip.draft_config import DraftConfig
+from layerskip.cli.harness import Harness, prepare
+from layerskip.cli.settings import draft_config, strategy
 from layerskip.errors import LayerskipError
 from layerskip.evaluation.fingerprint import digest, model_identity, normalized
-from layerskip.evaluation.records import (
-    RUN_FORMAT,
-    SampleLog,
-    environment,
-    merge_rank_logs,
-    rank_log,
-    run_paths,
-    write_json,
-)
-from layerskip.evaluation.sandbox import require_sandbox
+from layerskip.evaluation.records import RUN_FORMAT, SampleLog, environment, merge_rank_logs, rank_log, run_paths, write_json
 from layerskip.evaluation.runner import aggregate, run_interleaved, summary_table
-from layerskip.evaluation.strategies import StrategySpec, parse_spec
+from layerskip.evaluation.sandbox import require_sandbox
+from layerskip.loading import LoadedModel
+from layerskip.strategy import Strategy
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,30 +36,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def strategy_specs(args: argparse.Namespace, loaded) -> list[StrategySpec]:
-    defaults = default_draft(args, loaded)
+def strategy_specs(args: argparse.Namespace, loaded: LoadedModel) -> list[Strategy]:
+    """The strategies to run: the one the generation flags describe, or the ``--compare`` specs
+    (self_speculative fills what a spec leaves out from the flags and the model's recommendation)."""
     engines = {"layerskip": ["layerskip"], "transformers": ["transformers"], "both": ["layerskip", "transformers"]}[args.engine]
-    if args.compare is None:  # the one strategy the generation flags describe
-        if args.generation_strategy == "self_speculative":
-            chosen = [StrategySpec("layerskip", "self_speculative", defaults)]
-        else:
-            ar = draft_config(args)
-            chosen = [StrategySpec("layerskip", "autoregressive", DraftConfig(
-                exit_layer=ar.exit_layer, criteria=ar.criteria, threshold=ar.threshold, patience=ar.patience,
-                temperature=ar.temperature, high=ar.high, low=ar.low))]
+    if args.compare is None:
+        chosen = [strategy(args, loaded.recommended)]
     else:
-        chosen = [parse_spec(name, defaults) for name in (args.compare or ["autoregressive", "self_speculative"])]
-    specs: list[StrategySpec] = []
+        defaults = draft_config(args, loaded.recommended, speculative=True)
+        chosen = [Strategy.parse(name, defaults) for name in (args.compare or ["autoregressive", "self_speculative"])]
+    specs: list[Strategy] = []
     for engine in engines:
         for spec in chosen:
             if engine == "transformers" and spec.engine == "layerskip":
-                spec = StrategySpec("transformers", spec.name, spec.draft)
-            if spec not in specs:
+                spec = spec.on_engine("transformers")
+            if spec.label not in {s.label for s in specs}:
                 specs.append(spec)
     return specs
 
 
-def run_fingerprint(harness: Harness, specs: list[StrategySpec], execute: bool) -> dict[str, Any]:
+def run_fingerprint(harness: Harness, specs: list[Strategy], execute: bool) -> dict[str, Any]:
     """Everything that determines the run's records: a resumed run must match it exactly."""
     model = harness.loaded.model
     return normalized({

@@ -11,11 +11,11 @@ import sys
 from dataclasses import asdict, replace
 
 from layerskip.cli.arguments import add_dataset_arguments, add_generation_arguments, add_model_arguments
-from layerskip.cli.harness import default_draft, prepare
-from layerskip.cli.settings import draft_config
+from layerskip.cli.harness import prepare
+from layerskip.cli.settings import strategy
 from layerskip.evaluation.records import environment, merge_rank_logs, rank_log, run_paths, write_json
 from layerskip.evaluation.runner import run_interleaved
-from layerskip.evaluation.strategies import StrategySpec
+from layerskip.strategy import Strategy
 from layerskip.sampling import SamplingConfig
 
 
@@ -40,11 +40,8 @@ def run(args: argparse.Namespace) -> int:
         print("correctness: greedy decoding is compared (--sample ignored)", file=sys.stderr)
     harness = prepare(args)
     harness.config = replace(harness.config, sampling=SamplingConfig(sample=False, no_repeat_ngram_size=harness.config.sampling.no_repeat_ngram_size))
-    baseline = StrategySpec("layerskip", "autoregressive")
-    if args.generation_strategy == "self_speculative":
-        candidate = StrategySpec("layerskip", "self_speculative", default_draft(args, harness.loaded))
-    else:
-        candidate = StrategySpec("layerskip", "autoregressive", draft_config(args))
+    baseline = Strategy()
+    candidate = strategy(args, harness.loaded.recommended)
     specs = [baseline, candidate]
     harness.ensure_engines(specs)
     json_path, samples_path = harness.world.broadcast(

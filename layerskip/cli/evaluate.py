@@ -10,7 +10,7 @@ from pathlib import Path
 
 from layerskip.chat import require_chat_template
 from layerskip.cli.arguments import add, add_generation_arguments, add_model_arguments
-from layerskip.cli.settings import draft_config, generation_config, model_eos_ids
+from layerskip.cli.settings import generation_config, model_eos_ids, strategy
 from layerskip.errors import LayerskipError
 from layerskip.evaluation.records import environment
 from layerskip.loading import load
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.apply_chat_template:
         require_chat_template(loaded.tokenizer)
     config = generation_config(args, model_eos_ids(loaded.model, loaded.tokenizer))
-    lm = LayerskipLM(loaded, args.generation_strategy, draft_config(args, loaded.recommended), config,
+    lm = LayerskipLM(loaded, strategy(args, loaded.recommended), config,
                      batch_size=args.batch_size, seed=args.seed)
     start = time.time()
     try:
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         "arguments": vars(args) | {"handler": None},
         "model": str(loaded.path),
         "generation_strategy": args.generation_strategy,
-        "draft": lm.draft.to_dict(),
+        "draft": lm.strategy.draft.to_dict(),
         "results": results["results"],
         "speed": lm.speed_summary(),
         "n-shot": results.get("n-shot"),

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.apply_chat_template:
         require_chat_template(tokenizer)  # before an interactive session starts, not at its first prompt
     conversation = Conversation(tokenizer, args.system) if args.chat else None
-    chosen = strategy(args, model, loaded.recommended)
+    decoding = strategy(args, loaded.recommended).decoding(model.num_layers, args.seed)
     config = generation_config(args, model_eos_ids(model, tokenizer))
 
     def decode(ids: list[int]) -> str:
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         streamer = None
         if not args.json and args.streamer != "none":
             streamer = TextStreamer(decode, sys.stdout, colour=args.streamer == "speculative")
-        result = generate(model, prompt_ids, config, chosen.drafter, chosen.depth, streamer, decode, chosen.criterion)
+        result = generate(model, prompt_ids, config, decoding, streamer, decode)
         if conversation is not None:
             conversation.answer(decode(result.token_ids))
         if args.json:

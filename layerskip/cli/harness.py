@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from layerskip.chat import require_chat_template, single_turn
-from layerskip.cli.settings import draft_config, generation_config, model_eos_ids
-from layerskip.draft_config import DraftConfig
+from layerskip.cli.settings import generation_config, model_eos_ids
 from layerskip.distributed import World, init_world
 from layerskip.errors import LayerskipError
 from layerskip.evaluation.datasets import Sample, load_samples
-from layerskip.evaluation.strategies import LayerskipEngine, StrategySpec, TransformersEngine, validate_spec
+from layerskip.evaluation.engines import LayerskipEngine, TransformersEngine
 from layerskip.generation import GenerationConfig
 from layerskip.limits import check_fits
 from layerskip.loading import LoadedModel, load
+from layerskip.strategy import Strategy
 from layerskip.validation import writable_dir
 
 
@@ -36,9 +36,9 @@ class Harness:
             raise LayerskipError("a prompt encodes to no tokens")
         return ids
 
-    def ensure_engines(self, specs: list[StrategySpec]) -> None:
+    def ensure_engines(self, specs: list[Strategy]) -> None:
         for spec in specs:
-            validate_spec(spec, self.loaded.model.num_layers)
+            spec.validate(self.loaded.model.num_layers)
             if spec.engine == "transformers" and "transformers" not in self.engines:
                 m = self.loaded.model
                 self.engines["transformers"] = TransformersEngine(self.loaded.path, m.device, m.dtype, self.loaded.tokenizer)
@@ -59,7 +59,3 @@ def prepare(args: argparse.Namespace) -> Harness:
     check_fits(loaded.model, longest, config.max_steps)  # every prompt, before any generation
     return harness
 
-
-def default_draft(args: argparse.Namespace, loaded: LoadedModel) -> DraftConfig:
-    """The draft the flags describe (--draft_config, --exit_layer, ...), else the model's recommendation."""
-    return draft_config(argparse.Namespace(**{**vars(args), "generation_strategy": "self_speculative"}), loaded.recommended)

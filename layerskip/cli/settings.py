@@ -1,4 +1,4 @@
-"""Turn parsed arguments into validated library objects (generation config, drafter, depth)."""
+"""Turn parsed arguments into library objects: the generation config and the decoding ``Strategy``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from layerskip.errors import LayerskipError
 from layerskip.generation import GenerationConfig
 from layerskip.model import LlamaForCausalLM
 from layerskip.sampling import SamplingConfig
-from layerskip.strategy import Strategy, strategy_from_config
+from layerskip.strategy import Strategy
 
 
 def model_eos_ids(model: LlamaForCausalLM, tokenizer: object) -> tuple[int, ...]:
@@ -36,12 +36,14 @@ def generation_config(args: argparse.Namespace, eos_ids: tuple[int, ...]) -> Gen
     return GenerationConfig(args.max_steps, sampling, stop_ids, stop_words, args.seed)
 
 
-def draft_config(args: argparse.Namespace, recommended: dict | None = None) -> DraftConfig:
-    """The draft settings: the --draft_config file (else, for self_speculative, the model's
-    recommendation), then the flags on top."""
+def draft_config(args: argparse.Namespace, recommended: dict | None = None, speculative: bool | None = None) -> DraftConfig:
+    """The draft settings: the --draft_config file, else the model's recommendation when ``speculative``
+    (default: whether the flags ask for self_speculative), then the flags on top."""
+    if speculative is None:
+        speculative = args.generation_strategy == "self_speculative"
     if getattr(args, "draft_config", None):
         base = load_draft_config(args.draft_config)
-    elif args.generation_strategy == "self_speculative" and recommended:
+    elif speculative and recommended:
         base = DraftConfig.from_dict(recommended, "the model's recommended setting")
     else:
         base = DraftConfig()
@@ -58,10 +60,9 @@ def draft_config(args: argparse.Namespace, recommended: dict | None = None) -> D
     )
 
 
-def strategy(args: argparse.Namespace, model: LlamaForCausalLM, recommended: dict | None = None) -> Strategy:
-    """The drafter and depth the flags ask for; self_speculative falls back on the checkpoint's
+def strategy(args: argparse.Namespace, recommended: dict | None = None) -> Strategy:
+    """The strategy the flags ask for; self_speculative falls back on the checkpoint's
     recommended ``exit_layer`` / ``num_speculations`` when a flag is omitted."""
-    config = draft_config(args, recommended)
-    return strategy_from_config(args.generation_strategy, config, model.num_layers, args.seed)
+    return Strategy("layerskip", args.generation_strategy, draft_config(args, recommended))
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from layerskip.adapter import read_adapter_config
 from layerskip.cli.arguments import add, add_dataset_arguments, add_generation_arguments, add_model_arguments
-from layerskip.cli.harness import default_draft, prepare
+from layerskip.cli.harness import prepare
+from layerskip.cli.settings import draft_config
 from layerskip.errors import LayerskipError
 from layerskip.evaluation.records import merge_rank_logs, rank_log, run_paths
 from layerskip.evaluation.runner import aggregate, run_interleaved
-from layerskip.evaluation.strategies import StrategySpec
+from layerskip.strategy import Strategy
 
 CSV_FIELDS = ["exit_layer", "num_speculations", "tokens_per_second", "tokens_per_second_std", "speedup",
               "acceptance_rate", "mean_tokens_per_verification", "time_per_token", "rougeL", "samples"]
@@ -74,11 +75,11 @@ def run(args: argparse.Namespace) -> int:
     layers = harness.loaded.model.num_layers
     exits = grid(args.exit_layer_first, args.exit_layer_last or layers - 1, args.exit_layer_step, "exit layer")
     ks = grid(args.num_speculations_first, args.num_speculations_last, args.num_speculations_step, "num_speculations")
-    baseline = StrategySpec("layerskip", "autoregressive")
-    base = default_draft(args, harness.loaded)
+    baseline = Strategy()
+    base = draft_config(args, harness.loaded.recommended, speculative=True)
     if base.draft_adapter is not None:  # an adapter drafts at the exit layer it was trained for
         exits = [read_adapter_config(base.draft_adapter).exit_layer]
-    points = [StrategySpec("layerskip", "self_speculative", base.merged(exit_layer=e, num_speculations=k)) for e in exits for k in ks]
+    points = [Strategy("layerskip", "self_speculative", base.merged(exit_layer=e, num_speculations=k)) for e in exits for k in ks]
     specs = [baseline, *points]
     harness.ensure_engines(specs)
     json_path, samples_path = harness.world.broadcast(

@@ -10,11 +10,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from layerskip.cli.arguments import add, add_dataset_arguments, add_generation_arguments, add_model_arguments
-from layerskip.cli.harness import default_draft, prepare
+from layerskip.cli.harness import prepare
+from layerskip.cli.settings import draft_config
 from layerskip.draft_config import DraftConfig
-from layerskip.errors import LayerskipError
+from layerskip.errors import LayerskipError, read_json_object
 from layerskip.loading import RECOMMENDED_FILE
 from layerskip.sampling import SamplingConfig
+from layerskip.storage import atomic_write
 from layerskip.tuning import tune
 
 
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
         config = replace(config, sampling=SamplingConfig(sample=False))
     prompts = [harness.encode(s.prompt) for s in harness.samples]
-    default = default_draft(args, harness.loaded)
+    default = draft_config(args, harness.loaded.recommended, speculative=True)
     if (default.exit_layer is None and default.draft_adapter is None) or default.num_speculations is None:
         default = None
     bar = tqdm(total=args.trials, desc="tune", disable=args.no_progress, file=sys.stderr)
@@ -88,12 +90,9 @@ def run(args: argparse.Namespace) -> int:
 
 def save_recommendation(model_dir: Path, draft: DraftConfig) -> None:
     path = model_dir / RECOMMENDED_FILE
-    try:
-        data = json.loads(path.read_text()) if path.exists() else {}
-    except json.JSONDecodeError as exc:
-        raise LayerskipError(f"corrupt {path}: {exc}") from None
+    data = read_json_object(path, f"corrupt {path}", f"missing {path}") if path.exists() else {}
     data["recommended"] = draft.to_dict()
     try:
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        atomic_write(path, json.dumps(data, indent=2) + "\n")
     except OSError as exc:
         raise LayerskipError(f"cannot write {path}: {exc.strerror}") from None

@@ -17,7 +17,6 @@ written by ``save_to_disk``, a directory with ``test.jsonl`` / ``train.jsonl``, 
 
 from __future__ import annotations
 
-import json
 import random
 import string
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from layerskip.errors import LayerskipError
+from layerskip.jsonl import parse_lines
 
 DATASETS = ("cnn_dm_summarization", "xsum_summarization", "cnn_dm_lm", "human_eval", "top_v2", "custom_jsonl")
 
@@ -73,31 +73,16 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
     """Records of a JSONL file whose ``required`` fields are strings; a malformed line fails with
     the file and line number."""
     records = []
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise LayerskipError(f"cannot read {path}: {exc.strerror}") from None
-    with handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise LayerskipError(f"{path}:{number}: not valid UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LayerskipError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise LayerskipError(f"{path}:{number}: expected a JSON object")
-            missing = [f for f in required if f not in record]
-            if missing:
-                raise LayerskipError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
-            wrong = [f for f in required if not isinstance(record[f], str)]
-            if wrong:
-                raise LayerskipError(f"{path}:{number}: field(s) {', '.join(wrong)} must be strings")
-            records.append(record)
+    for number, record in parse_lines(path):
+        if not isinstance(record, dict):
+            raise LayerskipError(f"{path}:{number}: expected a JSON object")
+        missing = [f for f in required if f not in record]
+        if missing:
+            raise LayerskipError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+        wrong = [f for f in required if not isinstance(record[f], str)]
+        if wrong:
+            raise LayerskipError(f"{path}:{number}: field(s) {', '.join(wrong)} must be strings")
+        records.append(record)
     return records
 
 

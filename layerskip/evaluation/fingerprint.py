@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from layerskip.loading import RECOMMENDED_FILE
+
 HEAD_BYTES = 1 << 20
 
 
@@ -32,7 +34,7 @@ def _file_digest(path: Path) -> str:
 
 def model_identity(path: Path) -> dict[str, Any]:
     """The checkpoint's config and weight files (names and digests), not where it lies."""
-    files = sorted(p for p in path.iterdir() if p.suffix == ".safetensors" or p.name in ("config.json", "layerskip.json"))
+    files = sorted(p for p in path.iterdir() if p.suffix == ".safetensors" or p.name in ("config.json", RECOMMENDED_FILE))
     return {p.name: _file_digest(p) for p in files}
 
 

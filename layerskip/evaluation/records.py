@@ -13,6 +13,7 @@ from typing import Any, Iterable
 import torch
 
 from layerskip.errors import LayerskipError
+from layerskip.jsonl import read_records
 
 
 class SampleLog:
@@ -25,22 +26,7 @@ class SampleLog:
     def read(self) -> list[dict[str, Any]]:
         """All complete records. A partial last line (a crash mid-write) is cut off the file, so
         appending continues cleanly; a bad line anywhere else is an error naming the line."""
-        if not self.path.exists():
-            return []
-        text = self.path.read_text()
-        lines = text.splitlines(keepends=True)
-        out = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                if number != len(lines):
-                    raise LayerskipError(f"{self.path}:{number}: corrupt record") from None
-                with self.path.open("r+") as handle:
-                    handle.truncate(len(text.encode()) - len(line.encode()))
-        return out
+        return read_records(self.path)
 
     def append(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as handle:

@@ -12,8 +12,9 @@ from layerskip.evaluation.datasets import Sample
 from layerskip.evaluation.execution import run_tests, truncate_completion
 from layerskip.evaluation.metrics import summarize, text_metrics
 from layerskip.evaluation.records import SampleLog, group
-from layerskip.evaluation.strategies import Output, StrategySpec
+from layerskip.evaluation.engines import Output
 from layerskip.generation import GenerationConfig
+from layerskip.strategy import Strategy
 
 SPEED_KEYS = ("acceptance_rate", "mean_tokens_per_verification", "time_to_first_token", "total_time",
               "time_per_token", "tokens_per_second", "generated_tokens", "mean_exit_layer",
@@ -23,7 +24,7 @@ QUALITY_KEYS = ("rouge1", "rouge2", "rouge3", "rougeL", "bleu", "exact_match", "
 Engine = Any  # LayerskipEngine | TransformersEngine: run(spec, prompt_ids, config) -> Output
 
 
-def sample_record(sample: Sample, spec: StrategySpec, out: Output, prompt_len: int, execute: bool, rank: int) -> dict[str, Any]:
+def sample_record(sample: Sample, spec: Strategy, out: Output, prompt_len: int, execute: bool, rank: int) -> dict[str, Any]:
     metrics: dict[str, Any] = text_metrics(out.text, sample.reference)
     record: dict[str, Any] = {
         "sample_id": sample.id,
@@ -46,7 +47,7 @@ def sample_record(sample: Sample, spec: StrategySpec, out: Output, prompt_len: i
 
 def run_interleaved(
     samples: Sequence[Sample],
-    specs: Sequence[StrategySpec],
+    specs: Sequence[Strategy],
     engines: Mapping[str, Engine],
     encode: Callable[[str], list[int]],
     config: GenerationConfig,
@@ -82,7 +83,7 @@ def run_interleaved(
     return records
 
 
-def aggregate(records: Sequence[dict[str, Any]], specs: Sequence[StrategySpec]) -> dict[str, Any]:
+def aggregate(records: Sequence[dict[str, Any]], specs: Sequence[Strategy]) -> dict[str, Any]:
     """Per strategy: mean/std/n of every speed and quality metric, and the speed-up of mean
     tokens/s over the same engine's autoregressive run (when it was part of the run)."""
     by_strategy = group(records, "strategy")
@@ -102,7 +103,7 @@ def aggregate(records: Sequence[dict[str, Any]], specs: Sequence[StrategySpec]) 
         mine = out[spec.label]["speed"]["tokens_per_second"]["mean"]
         if base and base["speed"]["tokens_per_second"]["mean"] and mine:
             out[spec.label]["speedup"] = mine / base["speed"]["tokens_per_second"]["mean"]
-        layerskip_base = out.get(StrategySpec("layerskip", "autoregressive").label)
+        layerskip_base = out.get(Strategy().label)
         if layerskip_base and layerskip_base["speed"]["tokens_per_second"]["mean"] and mine:
             out[spec.label]["speedup_vs_layerskip_autoregressive"] = mine / layerskip_base["speed"]["tokens_per_second"]["mean"]
     return out

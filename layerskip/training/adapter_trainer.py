@@ -31,11 +31,12 @@ from tqdm import tqdm
 from layerskip.adapter import ARCHITECTURES, DraftAdapter, init_adapter, save_adapter
 from layerskip.adapter_drafter import AdapterDrafter
 from layerskip.distributed import World, init_world
+from layerskip.jsonl import keep_records
 from layerskip.draft_head import draft_subset, frequency_ranking, save_ranking
 from layerskip.errors import LayerskipError
 from layerskip.fast_linear import prepare_for_inference
 from layerskip.fingerprint import base_fingerprint
-from layerskip.generation import GenerationConfig, generate
+from layerskip.generation import Decoding, GenerationConfig, generate
 from layerskip.loading import LoadedModel, load
 from layerskip.sampling import SamplingConfig
 from layerskip.training import data as corpus
@@ -200,7 +201,7 @@ class AdapterTrainer:
                                    stop_token_ids=tuple(model.config.eos_token_ids))
             drafted = accepted = 0
             for ids in prompts:
-                stats = generate(model, ids, gen, drafter).stats
+                stats = generate(model, ids, gen, Decoding(drafter)).stats
                 drafted, accepted = drafted + stats.drafted_tokens, accepted + stats.accepted_tokens
             result["acceptance"] = accepted / drafted if drafted else 0.0
         return result
@@ -218,19 +219,8 @@ class AdapterTrainer:
 
     def _drop_log_after(self, step: int) -> None:
         """A resumed run repeats the steps after its checkpoint: forget their log records (and a cut last line)."""
-        path = self.out / LOG_FILE
-        if not self.world.is_main or not path.exists():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                continue
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        tmp.replace(path)
+        if self.world.is_main:
+            keep_records(self.out / LOG_FILE, lambda r: isinstance(r, dict) and r.get("step", 0) <= step, "log record")
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.world.is_main:

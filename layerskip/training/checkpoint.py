@@ -17,9 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from layerskip.errors import LayerskipError
+from layerskip.loading import RECOMMENDED_FILE
 from layerskip.model import LlamaForCausalLM
+from layerskip.storage import atomic_write, fsync_path
 
-RECOMMENDED_FILE = "layerskip.json"
 
 
 def model_tensors(model: LlamaForCausalLM, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -43,14 +44,6 @@ def save_pretrained(model: LlamaForCausalLM, directory: Path, tokenizer=None, dt
         tokenizer.save_pretrained(str(directory))
     if extra is not None:
         atomic_write(directory / RECOMMENDED_FILE, json.dumps(extra, indent=2) + "\n")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash leaves either the old or the new file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    _fsync(tmp)
-    os.replace(tmp, path)
 
 
 # ---- crash-safe checkpoints ----------------------------------------------------------------------
@@ -89,14 +82,6 @@ class Checkpoint:
         return torch.load(file, weights_only=True) if file.exists() else {}
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -123,17 +108,17 @@ def save_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], meta: dic
         torch.save(state, tmp / STATE)
     files = {f.name: f.stat().st_size for f in tmp.iterdir()}
     for name in files:
-        _fsync(tmp / name)
+        fsync_path(tmp / name)
     (tmp / MARKER).write_text(json.dumps({"meta": {**meta, "step": int(meta["step"])}, "files": files}))
-    _fsync(tmp / MARKER)
-    _fsync(tmp)
+    fsync_path(tmp / MARKER)
+    fsync_path(tmp)
     _remove(old)
     if _read(directory) is not None:
         os.replace(directory, old)
     else:
         _remove(directory)
     os.replace(tmp, directory)
-    _fsync(directory.parent)
+    fsync_path(directory.parent)
     _remove(old)
 
 
@@ -157,7 +142,7 @@ def recover(directory: Path) -> Checkpoint | None:
     if best is not None and best.path != directory:
         _remove(directory)
         os.replace(best.path, directory)
-        _fsync(directory.parent)
+        fsync_path(directory.parent)
         best = Checkpoint(directory, best.meta)
     for leftover in candidates[1:]:
         _remove(leftover)

@@ -9,7 +9,6 @@ uninterrupted run would have, with no sampler state to save.
 from __future__ import annotations
 
 import glob
-import json
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Iterable
 import torch
 
 from layerskip.errors import LayerskipError
+from layerskip.jsonl import parse_lines
 
 TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst", ".json", ".c", ".h", ".js", ".ts", ".java", ".go", ".rs", ".sh")
 STDLIB = "stdlib"
@@ -43,22 +43,12 @@ class Document:
 
 
 def _read_jsonl(path: Path, field: str) -> Iterable[Document]:
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise LayerskipError(f"{path}:{number}: not valid UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                text = record[field]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise LayerskipError(f"{path}:{number}: expected a JSON object with a {field!r} field ({exc!r})") from None
-            if not isinstance(text, str):
-                raise LayerskipError(f"{path}:{number}: field {field!r} is not a string")
-            yield Document(f"{path}:{number}", text)
+    for number, record in parse_lines(path):
+        if not isinstance(record, dict) or field not in record:
+            raise LayerskipError(f"{path}:{number}: expected a JSON object with a {field!r} field")
+        if not isinstance(record[field], str):
+            raise LayerskipError(f"{path}:{number}: field {field!r} is not a string")
+        yield Document(f"{path}:{number}", record[field])
 
 
 def corpus_documents(spec: str, text_field: str = "text") -> list[Document]:

@@ -85,14 +85,6 @@ def logits_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_ind
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
 
 
-def exit_cross_entropy(
-    unembed: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100
-) -> torch.Tensor:
-    """Mean CE of ``unembed(hidden)`` ``[batch, T, dim]`` against targets ``[batch, T]``, with the
-    logits recomputed in backward instead of stored."""
-    return exit_loss(unembed, hidden, targets, ignore_index=ignore_index)[0]
-
-
 def exit_loss(
     unembed: Callable[[torch.Tensor], torch.Tensor],
     hidden: torch.Tensor,

@@ -5,7 +5,7 @@ full model's argmax *on the text the full model itself generates*. Training earl
 human corpus teaches them the corpus, and the better the full model gets there, the further its
 own greedy continuations can drift from what its middle layers predict. This module builds the
 text acceptance is actually measured on: prefixes of the training corpus (seeded random windows
-of its training split) continued greedily by the full model, batched, and written to JSONL as
+of its training split) continued greedily by the full model (``generate_batch``), and written to JSONL as
 they are produced. ``layerskip train --model M --corpus that.jsonl --distill a`` then trains the
 exits on it (sequence-level knowledge distillation, Kim & Rush 2016, applied to the model's own
 early exits as in Kangaroo, Liu et al. 2024, and Medusa-2's self-distillation, Cai et al. 2024).
@@ -24,12 +24,13 @@ from typing import Any, Callable
 
 import torch
 
-from layerskip.cache import KVCache
 from layerskip.errors import LayerskipError, read_json_object
+from layerskip.jsonl import read_records
 from layerskip.evaluation.fingerprint import differences, normalized
+from layerskip.generation import generate_batch
 from layerskip.model import LlamaForCausalLM
 from layerskip.training import data as corpus
-from layerskip.training.checkpoint import atomic_write
+from layerskip.storage import atomic_write
 from layerskip.validation import writable_file
 
 
@@ -45,44 +46,14 @@ def corpus_prefixes(stream: torch.Tensor, count: int, prefix_tokens: int, seed: 
     return corpus.random_spans(stream, count, prefix_tokens, torch.Generator().manual_seed(seed))
 
 
-@torch.inference_mode()
-def greedy_continuations(model: LlamaForCausalLM, prefixes: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """Greedy continuations by the full model: prefixes ``[batch, P]`` -> ``[batch, new_tokens]``.
-
-    Every row has the same length, so no padding is needed; one shared KV cache for the batch.
-    """
-    batch, length = prefixes.shape
-    cache = KVCache(model.config, batch, length + new_tokens, model.device, model.dtype)
-    hidden = model.run_layers(model.embed(prefixes.to(model.device)), 0, model.num_layers, cache, 0)
-    token = model.unembed(hidden[:, -1:]).argmax(-1)  # [batch, 1]
-    out = [token]
-    for i in range(new_tokens - 1):
-        hidden = model.run_layers(model.embed(token), 0, model.num_layers, cache, length + i)
-        token = model.unembed(hidden).argmax(-1)
-        out.append(token)
-    return torch.cat(out, dim=1).cpu()
-
-
 def existing_records(path: Path) -> int:
     """Complete records already in ``path`` (a trailing partial line is dropped); each must be
     the JSON object of record i on line i."""
-    if not path.exists():
-        return 0
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    except UnicodeDecodeError:
-        raise LayerskipError(f"{path}: not UTF-8 text, so not a self-generated corpus") from None
-    complete = [line for line in lines if line.endswith("\n")]
-    for number, line in enumerate(complete):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
+    records = read_records(path, "record of a self-generated corpus")
+    for number, record in enumerate(records):
         if not isinstance(record, dict) or record.get("index") != number:
             raise LayerskipError(f"{path}:{number + 1}: not record {number} of a self-generated corpus")
-    if len(complete) != len(lines):
-        path.write_text("".join(complete), encoding="utf-8")
-    return len(complete)
+    return len(records)
 
 
 RUN_FORMAT = "layerskip-self-generate/1"
@@ -146,7 +117,7 @@ def write_self_generated_corpus(
     with output.open("a", encoding="utf-8") as handle:
         for first in range(done, total, batch_size):
             rows = prefixes[first : first + batch_size]
-            continuations = greedy_continuations(model, rows, new_tokens)
+            continuations = generate_batch(model, rows, new_tokens)
             for offset, (prefix, new) in enumerate(zip(rows.tolist(), continuations.tolist())):
                 text = tokenizer.decode(prefix + new, skip_special_tokens=False)
                 record = {text_field: text, "prefix_tokens": prefix_tokens, "index": first + offset}

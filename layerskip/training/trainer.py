@@ -18,22 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from layerskip.config import ModelConfig
 from layerskip.drafting import EarlyExitDrafter
+from layerskip.distributed import World, init_world
+from layerskip.jsonl import keep_records
 from layerskip.errors import LayerskipError, read_json_object
-from layerskip.generation import GenerationConfig, generate
-from layerskip.loading import load_model, load_tokenizer, resolve_model_path
+from layerskip.generation import Decoding, GenerationConfig, generate
+from layerskip.loading import DTYPES, load_model, load_tokenizer, resolve_model_path
 from layerskip.model import LlamaForCausalLM
 from layerskip.sampling import SamplingConfig
+from layerskip.storage import atomic_write
 from layerskip.tokenizer_training import train_bpe_tokenizer
 from layerskip.training import data as corpus
 from layerskip.training.checkpoint import (
     Checkpoint,
-    atomic_write,
     load_training_state,
     recover,
     save_pretrained,
@@ -123,38 +124,6 @@ class TrainConfig:
         return cls(**{k: v for k, v in raw.items() if k in names})
 
 
-@dataclass
-class DistributedContext:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-
-def init_distributed() -> DistributedContext:
-    """torchrun sets WORLD_SIZE/RANK: gloo on CPU, nccl on GPU. Otherwise a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available()
-    if world <= 1:
-        return DistributedContext(device=torch.device("cuda" if use_cuda else "cpu"))
-    rank = int(os.environ["RANK"])
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    device = torch.device("cpu")
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    return DistributedContext(rank, world, device)
-
-
 def new_model_config(cfg: TrainConfig, tokenizer) -> ModelConfig:
     return ModelConfig(
         vocab_size=len(tokenizer),
@@ -188,10 +157,10 @@ def init_weights(model: LlamaForCausalLM, seed: int, std: float = 0.02) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, ctx: DistributedContext | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, ctx: World | None = None) -> None:
         cfg.validate()
         self.cfg = cfg
-        self.ctx = ctx or init_distributed()
+        self.ctx = ctx or init_world()
         self.out = Path(os.path.normpath(cfg.output_dir))
         torch.manual_seed(cfg.seed)
         self._prepare()
@@ -238,7 +207,7 @@ class Trainer:
         )
         objective = EarlyExitObjective(self.model, cfg.distill)
         self.objective: torch.nn.Module = objective
-        if ctx.world_size > 1:
+        if ctx.size > 1:
             self.objective = DistributedDataParallel(objective, find_unused_parameters=True)
         self.step = 0
         ctx.barrier()  # rank 0 has recovered the checkpoint directory
@@ -248,29 +217,14 @@ class Trainer:
             self.step = load_training_state(checkpoint, self.model, self.optimizer)["step"]
         if ctx.is_main:
             self._truncate_logs(self.step)
-        self.tokens_seen = self.step * cfg.batch_size * cfg.seq_len * cfg.grad_accum * ctx.world_size
+        self.tokens_seen = self.step * cfg.batch_size * cfg.seq_len * cfg.grad_accum * ctx.size
 
     def _truncate_logs(self, step: int) -> None:
         """Drop log records past the checkpoint's step (written by a run stopped after its last
         checkpoint, or before its first) and a last line cut by a crash, so a resumed run's logs
         hold every step once."""
         for name in ("train_log.jsonl", "eval_log.jsonl"):
-            path = self.out / name
-            if not path.exists():
-                continue
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-            kept = []
-            for number, line in enumerate(lines, 1):
-                try:
-                    record = json.loads(line) if line.strip() else None
-                except json.JSONDecodeError:
-                    if number == len(lines):
-                        break  # the write a crash cut short
-                    raise LayerskipError(f"{path}:{number}: corrupt log record") from None
-                if isinstance(record, dict) and record.get("step", 0) <= step:
-                    kept.append(line)
-            if len(kept) != len(lines):
-                atomic_write(path, "".join(line + "\n" for line in kept))
+            keep_records(self.out / name, lambda r: isinstance(r, dict) and r.get("step", 0) <= step, "log record")
 
     def _check_resume_config(self) -> None:
         existing = self.out / CONFIG_FILE
@@ -320,7 +274,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.tokens_seen += cfg.batch_size * cfg.seq_len * cfg.grad_accum * ctx.world_size
+        self.tokens_seen += cfg.batch_size * cfg.seq_len * cfg.grad_accum * ctx.size
         return {"step": self.step, "loss": total, "lr": lr, "grad_norm": float(grad_norm), "tokens": self.tokens_seen,
                 "final_layer_ce": float(per_layer[-1])}
 
@@ -337,7 +291,7 @@ class Trainer:
         for exit_layer in range(1, model.num_layers):
             drafted = accepted = 0
             for prompt in self.val_prompts:
-                stats = generate(model, prompt, gcfg, EarlyExitDrafter(exit_layer, 4)).stats
+                stats = generate(model, prompt, gcfg, Decoding(EarlyExitDrafter(exit_layer, 4))).stats
                 drafted += stats.drafted_tokens
                 accepted += stats.accepted_tokens
             acceptance[exit_layer] = accepted / drafted if drafted else None
@@ -360,7 +314,7 @@ class Trainer:
     def save_final(self) -> Path:
         final = self.out / FINAL_DIR
         if self.ctx.is_main:
-            dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[self.cfg.save_dtype]
+            dtype = DTYPES[self.cfg.save_dtype]
             info = {"training": {"config": asdict(self.cfg), "steps": self.step, "tokens_seen": self.tokens_seen}}
             save_pretrained(self.model, final, self.tokenizer, dtype, extra=info)
         self.ctx.barrier()
