@@ -42,7 +42,7 @@ class LayerskipLM(TemplateLM):
         self.draft = draft
         self.config = config or GenerationConfig(max_steps=256, sampling=SamplingConfig(sample=False))
         self.batch_size = batch_size
-        self.max_length = max_length or min(self.model.config.max_position_embeddings, 4096)
+        self.max_length = max_length or min(self.model.config.context_limit, 4096)
         self.seed = seed
         self.generation_stats: list[dict[str, Any]] = []
         strategy_from_config(generation_strategy, draft, self.model.num_layers, seed)  # validate early
