@@ -15,10 +15,8 @@ from typing import Callable, Sequence
 
 class StopWords:
     def __init__(self, words: Sequence[str], decode: Callable[[list[int]], str]) -> None:
-        self.words = tuple(w for w in words if w)
-        if not self.words:
-            raise ValueError("no stop words")
-        self.longest = max(len(w) for w in self.words)
+        self.words = tuple(w for w in words if w)  # an empty string would match everywhere: it is no stop word
+        self.longest = max((len(w) for w in self.words), default=0)
         self.decode = decode
         self.tokens: list[int] = []
         self.text = ""
@@ -28,6 +26,8 @@ class StopWords:
     def push(self, tokens: Sequence[int]) -> int | None:
         """Append ``tokens``; if a stop word is completed by one of them, the number of them to keep
         (through the completing token; the rest are not appended), else None."""
+        if not self.words:
+            return None
         for i, token in enumerate(tokens):
             start = max(0, len(self.text) - self.longest + 1)
             self.tokens.append(int(token))

@@ -128,3 +128,17 @@ def test_auto_batch_size_follows_free_memory(lm, monkeypatch):
 
 def test_eval_unknown_task_is_a_clear_error(tmp_path):
     assert main(["eval", "--tasks", "no_such_task_xyz", "--include_path", str(TASKS), "--output_path", str(tmp_path)]) == 1
+
+
+def test_use_cache_answers_a_rerun_from_the_cache(tiny_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    argv = ["eval", "--model", str(tiny_dir), "--dtype", "float32", "--tasks", "layerskip_code_completion",
+            "--include_path", str(TASKS), "--limit", "2", "--use_cache", str(tmp_path / "cache"),
+            "--output_path", str(tmp_path / "out"), "--no_progress", "True"]
+    assert main(argv) == 0
+    assert main(argv) == 0
+    runs = sorted(tmp_path.glob("out/*/results_*.json"))
+    assert len(runs) == 2
+    first, second = (json.loads(p.read_text())["layerskip"]["speed"]["generation_requests"] for p in runs)
+    assert (first, second) == (2, 0)

@@ -45,3 +45,8 @@ def test_the_completing_token_is_found(tokenizer, chunk: int) -> None:
     assert kept is not None
     assert "return n" in decode(ids[:kept]) and "return n" not in decode(ids[: kept - 1])
     assert watcher.tokens == ids[:kept]
+
+
+def test_an_empty_stop_word_never_matches(tokenizer) -> None:
+    watcher = StopWords([""], lambda tokens: tokenizer.decode(tokens))
+    assert watcher.push(tokenizer("def add(a, b):")["input_ids"]) is None
