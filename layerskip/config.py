@@ -3,6 +3,11 @@
 Covers Llama 2 / CodeLlama (``rope_theta``), Llama 3 / 3.1 / 3.2 (GQA, ``llama3`` rope scaling,
 tied embeddings) and the ``attention_bias`` / ``mlp_bias`` flags. Both the transformers 4.x layout
 (``rope_theta`` + ``rope_scaling``) and the 5.x layout (``rope_parameters``) are accepted.
+
+Mistral and Qwen2 are the same decoder (RMSNorm, rotary attention with GQA, SwiGLU MLP): Qwen2
+adds a bias to the q/k/v projections (not to o_proj), Mistral may declare a ``sliding_window``.
+Attention here is always full, which is exactly the checkpoint's attention for contexts up to the
+window: longer contexts are refused (``context_limit``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from typing import Any
 from layerskip.errors import LayerskipError, read_json_object
 from layerskip.validation import check_model_config
 
-SUPPORTED_MODEL_TYPES = ("llama",)
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -36,6 +42,16 @@ class ModelConfig:
     mlp_bias: bool = False
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    model_type: str = "llama"
+    qkv_bias: bool = False  # Qwen2: bias on q/k/v only (``attention_bias`` is on all four projections)
+    sliding_window: int | None = None
+
+    @property
+    def context_limit(self) -> int:
+        """Positions this engine runs exactly: ``max_position_embeddings``, or the sliding window if smaller."""
+        if self.sliding_window is None:
+            return self.max_position_embeddings
+        return min(self.max_position_embeddings, self.sliding_window)
 
     @property
     def rope_type(self) -> str:
@@ -69,6 +85,7 @@ class ModelConfig:
                     )
                 if rope_type == "default":
                     scaling = None
+            window = raw.get("sliding_window") if model_type == "mistral" or raw.get("use_sliding_window") else None
             eos = raw.get("eos_token_id")
             eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
             return cls(
@@ -88,6 +105,9 @@ class ModelConfig:
                 mlp_bias=bool(raw.get("mlp_bias", False)),
                 bos_token_id=raw.get("bos_token_id"),
                 eos_token_ids=tuple(int(e) for e in eos_ids),
+                model_type=model_type,
+                qkv_bias=model_type == "qwen2",
+                sliding_window=None if window is None else int(window),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise LayerskipError(f"invalid model config: {exc!r}") from None
@@ -98,10 +118,16 @@ class ModelConfig:
         return cls.from_dict(raw)
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """The config in Hugging Face's ``LlamaConfig`` layout (loadable by transformers)."""
+        """The config in Hugging Face's layout for its ``model_type`` (loadable by transformers); a
+        Llama config's dict is the same as before Mistral and Qwen2 were added (fingerprints stay)."""
         out = asdict(self)
         eos = out.pop("eos_token_ids")
+        for key in ("model_type", "qkv_bias", "sliding_window"):
+            out.pop(key)
         out["eos_token_id"] = (eos[0] if len(eos) == 1 else list(eos)) if eos else None
         out["rope_scaling"] = self.rope_scaling
-        out.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu")
+        out.update(model_type=self.model_type, architectures=[HF_ARCHITECTURES[self.model_type]], hidden_act="silu")
+        if self.model_type != "llama":
+            out["sliding_window"] = self.sliding_window
+            out["use_sliding_window"] = self.sliding_window is not None
         return out

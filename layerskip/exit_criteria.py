@@ -15,7 +15,9 @@ them). Defaults follow the papers and the seed forks:
 | ``random`` | at a layer drawn uniformly from [E/4, 3E/4] | | seed fork |
 | ``logits_future`` | at the current exit layer; this token's max probability moves the next token's exit layer down (> ``high``) or up (< ``low``) | 0.9 / 0.5 | seed fork |
 
-Aliases: ``consistent_tokens`` = ``token_repeat``, ``logits_current`` = ``max_probability``.
+Aliases: ``consistent_tokens`` is the seed fork's name of ``token_repeat`` with its patience: the
+same token at four consecutive layers (``patience`` 4; ``token_repeat`` keeps PABEE's 3), and
+``logits_current`` = ``max_probability``.
 """
 
 from __future__ import annotations
@@ -221,6 +223,8 @@ CRITERIA: dict[str, type[ExitCriterion]] = {
     c.name: c for c in (CosineSimilarity, TokenRepeat, MaxProbability, Top2Margin, EntropyBased, Convergence, RandomExit, LogitsFuture)
 }
 ALIASES = {"consistent_tokens": "token_repeat", "logits_current": "max_probability"}
+#: the defaults an alias brings with it (the seed fork's consistent_tokens: the same token four times in a row)
+ALIAS_DEFAULTS: dict[str, dict[str, Any]] = {"consistent_tokens": {"patience": 4}}
 
 
 def make_criterion(name: str, **options: Any) -> ExitCriterion:
@@ -233,5 +237,6 @@ def make_criterion(name: str, **options: Any) -> ExitCriterion:
     unknown = [k for k, v in options.items() if v is not None and k not in accepted]
     if unknown:
         raise LayerskipError(f"criterion {key} takes no option(s) {', '.join(unknown)} (it takes: {', '.join(sorted(accepted)) or 'none'})")
-    return cls(**{k: v for k, v in options.items() if v is not None})
+    given = {k: v for k, v in options.items() if v is not None}
+    return cls(**{**ALIAS_DEFAULTS.get(name, {}), **given})
 

@@ -21,6 +21,7 @@ from layerskip.exit_criteria import ExitCriterion
 from layerskip.limits import check_fits
 from layerskip.model import LlamaForCausalLM
 from layerskip.sampling import SamplingConfig, process_logits, select
+from layerskip.stop_words import StopWords
 from layerskip.verification import Verdict, verify
 
 #: called with the new tokens of a round and how many of them were accepted drafts
@@ -128,22 +129,6 @@ def _stop_index(tokens: list[int], stop_ids: frozenset[int]) -> int | None:
     return None
 
 
-def _stop_word_end(
-    generated: list[int], new_from: int, stop_words: Sequence[str], decode: Callable[[list[int]], str]
-) -> int | None:
-    """Number of tokens to keep when a stop word completes within ``generated[new_from:]``, else None."""
-    old_len = len(decode(generated[:new_from]))
-    text = decode(generated)
-    longest = max(len(w) for w in stop_words)
-    if not any(w in text[max(0, old_len - longest + 1) :] for w in stop_words):
-        return None
-    for end in range(new_from + 1, len(generated) + 1):
-        prefix = decode(generated[:end])
-        if any(w in prefix[max(0, old_len - longest + 1) :] for w in stop_words):
-            return end
-    return len(generated)
-
-
 @torch.inference_mode()
 def generate_batch(model: LlamaForCausalLM, prompts: torch.Tensor, max_steps: int) -> torch.Tensor:
     """Greedy autoregressive continuations of a batch: prompts ``[batch, P]`` -> ``[batch, max_steps]`` (on the CPU).
@@ -225,7 +210,8 @@ def generate(
     stopped = generated[0] in stop_ids
     if stopped:
         stats.stop_reason = "stop_token"
-    elif config.stop_words and _stop_word_end(generated, 0, config.stop_words, decode):
+    watcher = StopWords(config.stop_words, decode) if config.stop_words and decode is not None else None
+    if not stopped and watcher is not None and watcher.push(generated):
         stats.stop_reason, stopped = "stop_word", True
 
     while not stopped and len(generated) < config.max_steps:
@@ -251,10 +237,10 @@ def generate(
             new, stopped, stats.stop_reason = new[: cut + 1], True, "stop_token"
         before = len(generated)
         generated.extend(new)
-        if config.stop_words:
-            keep = _stop_word_end(generated, before, config.stop_words, decode)
+        if watcher is not None:
+            keep = watcher.push(generated[before:])
             if keep is not None:
-                del generated[keep:]
+                del generated[before + keep :]
                 stopped, stats.stop_reason = True, "stop_word"
         # The pending token is the last new one; every slot before it now holds verified K/V.
         state.slot += len(generated) - before

@@ -4,7 +4,9 @@
 with the request's ``until`` strings and ``max_gen_toks``, and records the speed of every request.
 ``loglikelihood`` / ``loglikelihood_rolling`` score with the full model in batched forwards:
 log-likelihood tasks (multiple choice, perplexity) get **no** speed-up from self-speculative
-decoding, whatever strategy is chosen; only generation tasks do.
+decoding, whatever strategy is chosen; only generation tasks do. ``batch_size="auto"`` sizes each
+log-likelihood batch by the free memory of the device (at most ``max_batch_size``). Both request
+kinds show a progress bar (lm-eval's ``disable_tqdm``, or ``progress=False``).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import Any
 
 import torch
 from lm_eval.api.model import TemplateLM
+from tqdm import tqdm
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from layerskip.generation import GenerationConfig, generate
+from layerskip.limits import free_memory
 from layerskip.loading import LoadedModel
 from layerskip.sampling import SamplingConfig
 from layerskip.strategy import Strategy
@@ -28,9 +32,11 @@ class LayerskipLM(TemplateLM):
         loaded: LoadedModel,
         strategy: Strategy = Strategy(),
         config: GenerationConfig | None = None,
-        batch_size: int = 8,
+        batch_size: int | str = 8,
         max_length: int | None = None,
         seed: int = 0,
+        max_batch_size: int = 64,
+        progress: bool = True,
     ) -> None:
         super().__init__()
         self.loaded = loaded
@@ -38,8 +44,13 @@ class LayerskipLM(TemplateLM):
         self.tokenizer = loaded.tokenizer
         self.strategy = strategy
         self.config = config or GenerationConfig(max_steps=256, sampling=SamplingConfig(sample=False))
+        if batch_size != "auto" and not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
         self.batch_size = batch_size
-        self.max_length = max_length or min(self.model.config.max_position_embeddings, 4096)
+        self.max_batch_size = max_batch_size
+        self.batch_sizes: dict[int, int] = {}  # reported by lm-eval in results["config"]["batch_sizes"]
+        self.progress = progress
+        self.max_length = max_length or min(self.model.config.context_limit, 4096)
         self.seed = seed
         self.generation_stats: list[dict[str, Any]] = []
         strategy.validate(self.model.num_layers)  # early, before any request
@@ -81,8 +92,11 @@ class LayerskipLM(TemplateLM):
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         device = self.model.device
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        longest = min(self.max_length, max((len(r[1]) + len(r[2]) for r in requests), default=1))
+        size = self.fitting_batch_size(longest)
+        bar = tqdm(total=len(requests), desc="loglikelihood requests", disable=disable_tqdm or not self.progress)
+        for start in range(0, len(order), size):
+            batch = order[start : start + size]
             inputs, spans = [], []
             for i in batch:
                 _, context, continuation = requests[i]
@@ -105,18 +119,33 @@ class LayerskipLM(TemplateLM):
                 results[i] = (total, greedy)
                 if requests[i][0] is not None:
                     self.cache_hook.add_partial("loglikelihood", requests[i][0], (total, greedy))
+            bar.update(len(batch))
+        bar.close()
         return results  # type: ignore[return-value]
+
+    def fitting_batch_size(self, length: int) -> int:
+        """The batch size for sequences of ``length`` tokens: the fixed one, or for ``auto`` the most
+        rows whose float32 logits and log-softmax (the largest tensors of a scoring forward) fit in
+        half the free memory, between 1 and ``max_batch_size``."""
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        free = free_memory(self.model.device)
+        per_row = length * (2 * self.model.config.vocab_size * 4 + 8 * self.model.config.hidden_size * self.model.dtype.itemsize)
+        size = self.max_batch_size if free is None else max(1, min(self.max_batch_size, free // 2 // per_row))
+        self.batch_sizes[length] = size
+        return size
 
     def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
         out = []
-        for (string,) in [r.args for r in requests]:
+        for (string,) in tqdm([r.args for r in requests], desc="loglikelihood_rolling requests",
+                              disable=disable_tqdm or not self.progress):
             windows = [
                 make_disjoint_window(w)
                 for w in get_rolling_token_windows(
                     self.tok_encode(string, add_special_tokens=False), self.prefix_token_id, self.max_length, 1
                 )
             ]
-            scores = self._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in windows])
+            scores = self._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in windows], disable_tqdm=True)
             total = sum(s for s, _ in scores)
             self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
             out.append(total)
@@ -125,7 +154,7 @@ class LayerskipLM(TemplateLM):
     # ---- generation (the chosen strategy) -----------------------------------------------------
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
         out = []
-        for request in requests:
+        for request in tqdm(requests, desc="generate_until requests", disable=disable_tqdm or not self.progress):
             context, gen_kwargs = request.args
             gen_kwargs = dict(gen_kwargs or {})
             until = gen_kwargs.pop("until", None) or []
@@ -136,7 +165,8 @@ class LayerskipLM(TemplateLM):
                 temperature = float(gen_kwargs.get("temperature", sampling.temperature) or 0.0)
                 do_sample = bool(gen_kwargs.get("do_sample", temperature > 0)) and temperature > 0
                 sampling = replace(sampling, sample=do_sample, temperature=temperature if do_sample else sampling.temperature,
-                                   top_p=float(gen_kwargs.get("top_p", sampling.top_p)))
+                                   top_p=float(gen_kwargs.get("top_p", sampling.top_p)),
+                                   top_k=int(gen_kwargs.get("top_k", sampling.top_k)))
             config = replace(self.config, max_steps=max_tokens, sampling=sampling, stop_words=tuple(until),
                              stop_token_ids=tuple(dict.fromkeys([*self.config.stop_token_ids, self.eot_token_id])))
             ids = self.tok_encode(context)[-(self.max_length - max_tokens - 16) :]

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import CHAT_TEMPLATE
 
 import layerskip.cli.generate as generate_cli
 from layerskip.chat import Conversation, encode_chat, single_turn
@@ -120,7 +119,7 @@ def test_eval_apply_chat_template_runs_end_to_end(tiny_chat_dir, tmp_path, monke
                  "--include_path", str(TASKS), "--apply_chat_template", "True", "--limit", "2", "--dtype", "float32",
                  "--output_dir", str(tmp_path)])
     assert code == 0
-    doc = json.loads(next(tmp_path.glob("eval_*.json")).read_text())
+    doc = json.loads(next(tmp_path.glob("*/results_*.json")).read_text())
     assert "exact_match,none" in doc["results"]["layerskip_code_completion"]
     assert "acc,none" in doc["results"]["layerskip_code_choice"]
     assert len(contexts) == 2 and all(c.startswith("<|begin_of_text|><|user|>\n") for c in contexts)

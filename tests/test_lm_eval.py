@@ -61,18 +61,85 @@ def test_generate_until_stops_and_records_speed(lm):
 
 
 def test_eval_local_tasks_offline_on_the_shipped_model(tmp_path, monkeypatch, capsys):
+    """lm-eval's own output: results JSON (configs, versions, higher_is_better) with the speed block,
+    samples JSONL per task, and its summary table on stdout."""
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code = main(["eval", "--tasks", "layerskip_code_completion", "layerskip_code_choice", "--include_path", str(TASKS),
-                 "--generation_strategy", "self_speculative", "--output_dir", str(tmp_path), "--limit", "4"])
+                 "--generation_strategy", "self_speculative", "--output_path", str(tmp_path), "--limit", "4",
+                 "--log_samples", "True", "--batch_size", "auto", "--no_progress", "True"])
     assert code == 0
-    doc = json.loads(next(tmp_path.glob("eval_*.json")).read_text())
+    out = capsys.readouterr().out
+    assert "Tasks" in out and "|Metric" in out.replace(" ", "") and "layerskip_code_completion" in out and "tok/s" in out
+    folder = tmp_path / "layerskip-pycode"  # OUTPUT_PATH/<model>/, as lm_eval run writes it
+    doc = json.loads(next(folder.glob("results_*.json")).read_text())
     assert "exact_match,none" in doc["results"]["layerskip_code_completion"]
     assert "acc,none" in doc["results"]["layerskip_code_choice"]
-    assert doc["speed"]["generation_requests"] == 4
-    assert doc["speed"]["tokens_per_second"] > 0 and doc["speed"]["acceptance_rate"] is not None
+    assert set(doc["configs"]) == set(doc["versions"]) == {"layerskip_code_completion", "layerskip_code_choice"}
+    assert doc["higher_is_better"]["layerskip_code_completion"]["exact_match"] is True
+    speed = doc["layerskip"]["speed"]
+    assert speed["generation_requests"] == 4
+    assert speed["tokens_per_second"] > 0 and speed["acceptance_rate"] is not None
+    assert doc["config"]["batch_sizes"]  # --batch_size auto chose one
+    samples = [json.loads(line) for line in next(folder.glob("samples_layerskip_code_completion_*.jsonl")).open()]
+    assert len(samples) == 4 and {"doc", "target", "resps", "filtered_resps", "exact_match"} <= set(samples[0])
+
+
+def test_gen_kwargs_override_the_task(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    code = main(["eval", "--tasks", "layerskip_code_completion", "--include_path", str(TASKS), "--limit", "2",
+                 "--gen_kwargs", "max_gen_toks=3", "--output_path", str(tmp_path), "--no_progress", "True"])
+    assert code == 0
+    doc = json.loads(next(tmp_path.glob("*/results_*.json")).read_text())
+    assert doc["configs"]["layerskip_code_completion"]["generation_kwargs"]["max_gen_toks"] == 3
+    assert doc["layerskip"]["speed"]["generated_tokens"] <= 2 * 3
+
+
+def test_local_task_from_another_directory_is_one_error_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the task's data_files are relative to the repository root
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    code = main(["eval", "--tasks", "layerskip_code_completion", "--include_path", str(TASKS), "--limit", "1",
+                 "--output_path", str(tmp_path), "--no_progress", "True"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "resolved from the working directory" in err[0]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--model_args", "pretrained=x,colour=red"], "--model_args: unknown key 'colour'"),
+    (["--batch_size", "many"], "--batch_size must be a positive integer or auto"),
+    (["--fewshot_as_multiturn", "True"], "needs --apply_chat_template True"),
+])
+def test_bad_eval_flags_are_refused_before_loading(tmp_path, capsys, extra, needle):
+    code = main(["eval", "--tasks", "layerskip_code_completion", "--include_path", str(TASKS),
+                 "--output_path", str(tmp_path), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and needle in err[0]
+
+
+def test_auto_batch_size_follows_free_memory(lm, monkeypatch):
+    monkeypatch.setattr(lm, "batch_size", "auto")
+    monkeypatch.setattr("layerskip.lm_eval_adapter.free_memory", lambda device: 10**12)
+    assert lm.fitting_batch_size(100) == lm.max_batch_size
+    row = 100 * (2 * lm.model.config.vocab_size * 4 + 8 * lm.model.config.hidden_size * 4)
+    monkeypatch.setattr("layerskip.lm_eval_adapter.free_memory", lambda device: 2 * 3 * row)
+    assert lm.fitting_batch_size(100) == 3
 
 
 def test_eval_unknown_task_is_a_clear_error(tmp_path):
-    assert main(["eval", "--tasks", "no_such_task_xyz", "--include_path", str(TASKS), "--output_dir", str(tmp_path)]) == 1
+    assert main(["eval", "--tasks", "no_such_task_xyz", "--include_path", str(TASKS), "--output_path", str(tmp_path)]) == 1
+
+
+def test_use_cache_answers_a_rerun_from_the_cache(tiny_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    argv = ["eval", "--model", str(tiny_dir), "--dtype", "float32", "--tasks", "layerskip_code_completion",
+            "--include_path", str(TASKS), "--limit", "2", "--use_cache", str(tmp_path / "cache"),
+            "--output_path", str(tmp_path / "out"), "--no_progress", "True"]
+    assert main(argv) == 0
+    assert main(argv) == 0
+    runs = sorted(tmp_path.glob("out/*/results_*.json"))
+    assert len(runs) == 2
+    first, second = (json.loads(p.read_text())["layerskip"]["speed"]["generation_requests"] for p in runs)
+    assert (first, second) == (2, 0)

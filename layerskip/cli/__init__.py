@@ -6,15 +6,24 @@ import sys
 
 from layerskip import __version__
 from layerskip.cli import benchmark, correctness, evaluate, fetch, generate, self_generate, sweep, train, train_adapter, tune
-from layerskip.cli.arguments import ArgumentParser
+from layerskip.cli.arguments import ArgumentParser, HelpFormatter, SubcommandParser
 from layerskip.errors import LayerskipError
 from layerskip.validation import check_arguments
 
 
+DESCRIPTION = """LayerSkip early-exit inference and self-speculative decoding: generate text, benchmark,
+sweep, check correctness, tune and evaluate strategies, train models and draft adapters.
+Upstream LayerSkip's flag spellings work unchanged (--exit_layer 4, --sample False)."""
+
+EPILOG = """example:
+  layerskip generate --generation_strategy self_speculative --prompt 'def fib(n):'
+Run 'layerskip COMMAND --help' for a command's flags and their defaults."""
+
+
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="layerskip", description=__doc__)
+    parser = ArgumentParser(prog="layerskip", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"layerskip {__version__}")
-    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=SubcommandParser, metavar="COMMAND")
     generate.register(subparsers)
     train.register(subparsers)
     train_adapter.register(subparsers)

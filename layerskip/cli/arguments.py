@@ -1,15 +1,17 @@
 """Argument parsing shared by every subcommand.
 
-Upstream's spellings work unchanged: underscores (``--exit_layer``), booleans written
-``--sample True/False``, lists as several values (``--stop_words a b``). Dashes
-(``--exit-layer``) are accepted too. Errors are one line on stderr, exit status 2.
+One flag style everywhere, upstream's: underscores (``--exit_layer``), booleans written
+``--sample True|False`` (a boolean flag alone means True), lists as several values
+(``--stop_words a b``). Dashes (``--exit-layer``) are accepted too. ``--output_dir DIR`` names a
+directory of results, ``--output FILE`` a single file. Every flag has help, and ``--help`` shows its
+default. Errors are one line on stderr naming the subcommand, exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Sequence
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -18,6 +20,44 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         raise SystemExit(2)
+
+
+class SubcommandParser(ArgumentParser):
+    """A subcommand's parser: unknown flags are its error (``layerskip generate: error: ...``),
+    not the top-level parser's."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; each flag's help ends with its default (unless the
+    help states it, or there is none to state)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text.lower() or default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(str(d) for d in default) or "none"
+        return f"{text} (default: {str(default).replace('%', '%%')})".strip()
+
+
+def subcommand(subparsers: argparse._SubParsersAction, name: str, summary: str, description: str,
+               example: str) -> argparse.ArgumentParser:
+    """The parser of ``layerskip NAME``: a one-line ``summary`` for the command list, a
+    ``description`` and one ``example`` for its ``--help``."""
+    return subparsers.add_parser(name, help=summary, description=description, epilog=f"example:\n  {example}",
+                                 formatter_class=HelpFormatter)
+
+
+def criteria_name(value: str) -> str | None:
+    """A criterion name; ``none`` (the fork's spelling of no dynamic exit) is no criterion."""
+    return None if value.strip().lower() == "none" else value
 
 
 def str2bool(value: str | bool) -> bool:
@@ -31,11 +71,11 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
-def add(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None:
-    """Register ``--name`` (underscores) and its dashed alias."""
-    flags = [f"--{name}"]
-    if "_" in name:
-        flags.append(f"--{name.replace('_', '-')}")
+def add(parser: argparse.ArgumentParser | Any, name: str, *aliases: str, **kwargs: Any) -> None:
+    """Register ``--name`` (underscores), its dashed spelling and ``aliases`` (other names, same rule)."""
+    flags: list[str] = []
+    for spelling in (name, *aliases):
+        flags += [f"--{spelling}"] + ([f"--{spelling.replace('_', '-')}"] if "_" in spelling else [])
     if kwargs.get("type") is bool:
         kwargs["type"] = str2bool
         kwargs.setdefault("nargs", "?")
@@ -45,40 +85,50 @@ def add(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --device, --dtype, --quantize and --seed, the same in every command that loads a model."""
     group = parser.add_argument_group("model")
     add(group, "model", default=None, help="checkpoint directory, .gguf file (llama), name fetched with `layerskip fetch` or Hugging Face hub id "
              "(default: the shipped model)")
-    add(group, "device", default="auto", help="auto | cpu | cuda")
+    add(group, "device", default="auto", help="auto | cpu | cuda (auto: cuda when available, else cpu)")
     add(group, "dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
         help="auto: bfloat16 where the hardware runs it well, else float32")
     add(group, "quantize", default="none", choices=["none", "int8"],
         help="int8: weight-only int8 decoder projections (per-output-channel scales; LM head in --dtype)")
-    add(group, "seed", type=int, default=42)
-    add(group, "output_dir", default="./logs")
+    add(group, "seed", type=int, default=42, help="random seed (sampling, sample selection)")
+
+
+def add_output_dir(parser: argparse.ArgumentParser, default: str = "./logs", *aliases: str) -> None:
+    """--output_dir: the directory results are written to (``aliases``: other spellings of it)."""
+    add(parser, "output_dir", *aliases, default=default, help="directory the results are written to")
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    add(parser, "no_progress", type=bool, default=False, help="no progress bar")
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
     add(group, "max_steps", type=int, default=512, help="maximum number of generated tokens")
-    add(group, "generation_strategy", default="autoregressive", choices=["autoregressive", "self_speculative"])
+    add(group, "generation_strategy", default="autoregressive", choices=["autoregressive", "self_speculative"],
+        help="autoregressive: the full model (or early exit with --exit_layer); self_speculative: draft and verify")
     add(group, "exit_layer", type=int, default=None,
         help="draft exit layer (self_speculative, 1..L-1; default: the model's recommendation) "
         "or early-exit depth (autoregressive)")
     add(group, "num_speculations", type=int, default=None, help="draft tokens per verification (>= 1; default: the model's recommendation)")
     add(group, "sample", type=bool, default=True, help="sample (True) or greedy (False)")
-    add(group, "temperature", type=float, default=0.6)
+    add(group, "temperature", type=float, default=0.6, help="sampling temperature")
     add(group, "top_k", type=int, default=0, help="0 disables top-k")
     add(group, "top_p", type=float, default=0.9, help="1.0 disables top-p")
-    add(group, "no_repeat_ngram_size", type=int, default=None)
+    add(group, "no_repeat_ngram_size", type=int, default=None, help="never repeat an n-gram of this size (default: off)")
     add(group, "stop_words", nargs="*", default=None, help="stop when any of these strings is generated")
     add(group, "stop_token_ids", type=int, nargs="*", default=None, help="extra token ids that end generation")
     drafts = parser.add_argument_group("draft strategies (see layerskip.exit_criteria, layerskip.draft_length)")
-    add(drafts, "criteria", default=None,
-        help="dynamic early exit: cosine_similarity, token_repeat (consistent_tokens), max_probability (logits_current), "
-             "top2_margin, entropy_based, convergence, random, logits_future; --exit_layer is then the deepest exit")
-    drafts.add_argument("--dynamic_early_exit_mode", "--dynamic-early-exit-mode", dest="criteria", help="alias of --criteria")
+    add(drafts, "criteria", "dynamic_early_exit_mode", type=criteria_name, default=None,
+        help="dynamic early exit: cosine_similarity, token_repeat, consistent_tokens (the fork's: patience 4), "
+             "max_probability (logits_current), top2_margin, entropy_based, convergence, random, logits_future; "
+             "--exit_layer is then the deepest exit (default: none, no dynamic exit); --dynamic_early_exit_mode is upstream's name")
     add(drafts, "criteria_threshold", type=float, default=None, help="the criterion's threshold (default: its documented one)")
-    add(drafts, "criteria_patience", type=int, default=None, help="token_repeat: consecutive layers that must agree (3)")
+    add(drafts, "criteria_patience", type=int, default=None, help="token_repeat: consecutive layers that must agree (default: 3; consistent_tokens: 4)")
     add(drafts, "criteria_temperature", type=float, default=None, help="entropy_based: softmax temperature (1.0)")
     add(drafts, "criteria_high", type=float, default=None, help="logits_future: confidence that moves the exit down (0.9)")
     add(drafts, "criteria_low", type=float, default=None, help="logits_future: confidence that moves the exit up (0.5)")
@@ -104,14 +154,14 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     from layerskip.evaluation.datasets import DATASETS
 
     group = parser.add_argument_group("dataset")
-    add(group, "dataset", default="human_eval", choices=DATASETS)
+    add(group, "dataset", default="human_eval", choices=DATASETS, help="the prompts and references")
     add(group, "data_path", default=None, help="local data: a JSONL file, a directory with test/train.jsonl, or a save_to_disk directory")
-    add(group, "random_shuffle", type=bool, default=True)
-    add(group, "num_samples", type=int, default=None)
-    add(group, "n_shot", type=int, default=0)
+    add(group, "random_shuffle", type=bool, default=True, help="shuffle the samples (with --seed) before taking --num_samples")
+    add(group, "num_samples", type=int, default=None, help="samples to run (default: all)")
+    add(group, "n_shot", type=int, default=0, help="few-shot examples from the train split before each prompt")
     add(group, "template", default=None, help="format string with {message} wrapped around each prompt")
     add(group, "apply_chat_template", type=bool, default=False,
         help="send each prompt as one user turn of the tokenizer's chat template")
     add(group, "prompt_field", default="prompt", help="custom_jsonl: the prompt field")
     add(group, "response_field", default="response", help="custom_jsonl: the reference field")
-    add(group, "no_progress", type=bool, default=False, help="no progress bar")
+    add_progress(group)

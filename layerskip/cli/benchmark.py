@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict
-from typing import Any
 
-from layerskip.cli.arguments import add, add_dataset_arguments, add_generation_arguments, add_model_arguments
-from layerskip.cli.harness import Harness, prepare
+from layerskip.cli.arguments import add, add_dataset_arguments, add_generation_arguments, add_model_arguments, add_output_dir, subcommand
+from layerskip.cli.harness import prepare
 from layerskip.cli.settings import draft_config, strategy
 from layerskip.errors import LayerskipError
-from layerskip.evaluation.fingerprint import digest, model_identity, normalized
+from layerskip.evaluation.fingerprint import run_fingerprint
 from layerskip.evaluation.records import RUN_FORMAT, SampleLog, environment, merge_rank_logs, rank_log, run_paths, write_json
 from layerskip.evaluation.runner import aggregate, run_interleaved, summary_table
 from layerskip.evaluation.sandbox import require_sandbox
@@ -20,10 +19,14 @@ from layerskip.strategy import Strategy
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("benchmark", help="measure speed and quality on a dataset")
+    parser = subcommand(
+        subparsers, "benchmark", "measure speed and quality on a dataset",
+        "Speed (tokens/s, acceptance, time to first token) and quality (ROUGE, BLEU, exact match, edit distance, pass@1) of one strategy, or of several side by side with --compare, on a dataset; results JSON and per-sample JSONL in --output_dir.",
+        "layerskip benchmark --dataset human_eval --num_samples 10 --sample False --compare autoregressive self_speculative")
     add_model_arguments(parser)
     add_generation_arguments(parser)
     add_dataset_arguments(parser)
+    add_output_dir(parser)
     add(parser, "compare", nargs="*", default=None,
         help="run several strategies side by side (default with the flag alone: autoregressive self_speculative); "
              "each [hf:]autoregressive or [hf:]self_speculative[:exit_layer=E,num_speculations=k]")
@@ -55,21 +58,6 @@ def strategy_specs(args: argparse.Namespace, loaded: LoadedModel) -> list[Strate
     return specs
 
 
-def run_fingerprint(harness: Harness, specs: list[Strategy], execute: bool) -> dict[str, Any]:
-    """Everything that determines the run's records: a resumed run must match it exactly."""
-    model = harness.loaded.model
-    return normalized({
-        "model": model_identity(harness.loaded.path),
-        "samples": digest((s.id, s.prompt, s.reference) for s in harness.samples),
-        "num_samples": len(harness.samples),
-        "strategies": [s.label for s in specs],
-        "generation": asdict(harness.config),
-        "dtype": str(model.dtype).removeprefix("torch."),
-        "device": model.device.type,
-        "code_execution": execute,
-    })
-
-
 def run(args: argparse.Namespace) -> int:
     if args.resume == ".":
         args.resume = args.output_dir
@@ -81,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     harness = prepare(args)
     specs = strategy_specs(args, harness.loaded)
     harness.ensure_engines(specs)
-    fingerprint = run_fingerprint(harness, specs, execute)
+    fingerprint = run_fingerprint(harness.loaded.path, harness.loaded.model, harness.samples, [s.label for s in specs],
+                                  harness.config, execute)
     world = harness.world
     paths = run_paths(args.output_dir, "benchmark", args.dataset, args.resume, fingerprint) if world.is_main else None
     json_path, samples_path = world.broadcast(paths)

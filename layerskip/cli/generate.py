@@ -8,7 +8,7 @@ import sys
 from typing import Iterator
 
 from layerskip.chat import Conversation, require_chat_template, single_turn
-from layerskip.cli.arguments import add, add_generation_arguments, add_model_arguments
+from layerskip.cli.arguments import add, add_generation_arguments, add_model_arguments, subcommand
 from layerskip.cli.settings import generation_config, model_eos_ids, strategy
 from layerskip.cli.streaming import TextStreamer
 from layerskip.errors import LayerskipError
@@ -17,7 +17,12 @@ from layerskip.loading import load
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("generate", help="generate text (one-shot or interactive)")
+    parser = subcommand(
+        subparsers, "generate", "generate text (one-shot or interactive)",
+        "Generate text for --prompt, or interactively (one prompt per line, Ctrl-D quits), autoregressively or "
+        "self-speculatively; greedy self-speculative output equals autoregressive output token for token.",
+        "layerskip generate --generation_strategy self_speculative --exit_layer 2 --num_speculations 4 "
+        "--sample False --prompt 'def fib(n):'")
     add_model_arguments(parser)
     add_generation_arguments(parser)
     add(parser, "prompt", default=None, help="generate once for this prompt (default: interactive mode)")
@@ -26,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add(parser, "system", default=None, help="a system message for --chat / --apply_chat_template")
     add(parser, "apply_chat_template", type=bool, default=False,
         help="wrap each prompt as one user turn with the tokenizer's chat template")
-    add(parser, "streamer", default="standard", choices=["none", "standard", "speculative"])
+    add(parser, "streamer", default="standard", choices=["none", "standard", "speculative"],
+        help="print tokens as they come; speculative colours accepted drafts green, the full model's tokens yellow")
     add(parser, "json", type=bool, default=False, help="print one JSON object with text, token ids and stats")
     parser.set_defaults(handler=run)
 

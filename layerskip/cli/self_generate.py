@@ -7,7 +7,7 @@ import argparse
 
 from tqdm import tqdm
 
-from layerskip.cli.arguments import add
+from layerskip.cli.arguments import add, add_model_arguments, add_progress, subcommand
 from layerskip.evaluation.fingerprint import digest, model_identity
 from layerskip.limits import check_fits
 from layerskip.training.self_generated import (
@@ -20,20 +20,22 @@ from layerskip.validation import writable_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("self-generate", help="continue corpus prefixes greedily with the model, for self-distillation")
-    add(parser, "model", default=None, help="local checkpoint directory or hub id (default: the shipped model)")
-    add(parser, "device", default="auto", help="auto | cpu | cuda")
-    add(parser, "dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser = subcommand(
+        subparsers, "self-generate", "continue corpus prefixes greedily with the model, for self-distillation",
+        "Continue prefixes of a corpus greedily with the model (batched) and write them as JSONL: the text for "
+        "sequence-level self-distillation of its early exits (layerskip train --distill). An interrupted run "
+        "with the same settings continues.",
+        "layerskip self-generate --model runs/my-model/final --corpus stdlib --output runs/greedy.jsonl --num_sequences 8000")
+    add_model_arguments(parser)
     add(parser, "corpus", default="stdlib", help="where prefixes come from (its training split): 'stdlib', a directory, a glob or a .jsonl file")
     add(parser, "text_field", default="text", help="the text field of JSONL records (read and written)")
     add(parser, "output", required=True,
         help="JSONL file to write; a file from an interrupted run with the same settings is continued, any other is refused")
-    add(parser, "num_sequences", type=int, default=8000)
-    add(parser, "prefix_tokens", type=int, default=128)
-    add(parser, "new_tokens", type=int, default=128)
-    add(parser, "batch_size", type=int, default=64)
-    add(parser, "seed", type=int, default=0)
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add(parser, "num_sequences", type=int, default=8000, help="sequences to write")
+    add(parser, "prefix_tokens", type=int, default=128, help="tokens of each corpus prefix")
+    add(parser, "new_tokens", type=int, default=128, help="greedy tokens generated after each prefix")
+    add(parser, "batch_size", type=int, default=64, help="prefixes continued together")
+    add_progress(parser)
     parser.set_defaults(handler=run)
 
 
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     check_sizes(num_sequences=args.num_sequences, prefix_tokens=args.prefix_tokens, new_tokens=args.new_tokens,
                 batch_size=args.batch_size)
     output = writable_file(args.output, "--output")
-    loaded = load(args.model, device=args.device, dtype=args.dtype)
+    loaded = load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
     check_fits(loaded.model, args.prefix_tokens, args.new_tokens, batch_size=args.batch_size, steps_flag="--new_tokens")
     prefixes = training_prefixes(loaded.tokenizer, args.corpus, args.num_sequences, args.prefix_tokens, args.seed, args.text_field)
     fingerprint = {"model": model_identity(loaded.path), "prefixes": digest(prefixes.tolist()),

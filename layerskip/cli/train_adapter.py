@@ -6,7 +6,7 @@ import argparse
 from dataclasses import fields
 
 from layerskip.adapter import ARCHITECTURES
-from layerskip.cli.arguments import add
+from layerskip.cli.arguments import add, add_progress, subcommand
 from layerskip.training.adapter_trainer import INIT_CHOICES, AdapterTrainConfig
 
 HELP = {
@@ -28,17 +28,17 @@ CHOICES = {"architecture": ARCHITECTURES, "init": INIT_CHOICES}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train-adapter", help="train a draft adapter for a frozen checkpoint (Kangaroo); resumable, torchrun-ready",
-        description="Train a small draft adapter between layer E of a frozen model and its own head. "
-                    "Example: layerskip train-adapter --model smollm2-135m-instruct --exit_layer 4 --output_dir runs/adapter",
-    )
+    parser = subcommand(
+        subparsers, "train-adapter", "train a draft adapter for a frozen checkpoint (Kangaroo); resumable, torchrun-ready",
+        "Train a small draft adapter between layer E of a frozen model and its own head; the model's output is "
+        "unchanged (verification is the full model).",
+        "layerskip train-adapter --model smollm2-135m-instruct --exit_layer 4 --output_dir runs/adapter")
     defaults = AdapterTrainConfig()
     for f in fields(AdapterTrainConfig):
         kind = {"int": int, "float": float}.get(str(f.type), str)
         add(parser, f.name, type=kind, default=getattr(defaults, f.name), choices=CHOICES.get(f.name),
-            help=(HELP.get(f.name, "") + " (default: %(default)s)").strip())
-    add(parser, "no_progress", type=bool, default=False, help="no progress bar")
+            help=HELP.get(f.name, f.name.replace("_", " ")))
+    add_progress(parser)
     parser.set_defaults(handler=run)
 
 

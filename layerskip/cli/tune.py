@@ -3,30 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from layerskip.cli.arguments import add, add_dataset_arguments, add_generation_arguments, add_model_arguments
+from layerskip.cli.arguments import add, add_dataset_arguments, add_generation_arguments, add_model_arguments, add_output_dir, subcommand
 from layerskip.cli.harness import prepare
 from layerskip.cli.settings import draft_config
-from layerskip.draft_config import DraftConfig
-from layerskip.errors import LayerskipError, read_json_object
-from layerskip.loading import RECOMMENDED_FILE
+from layerskip.errors import LayerskipError
 from layerskip.sampling import SamplingConfig
-from layerskip.storage import atomic_write
 from layerskip.tuning import tune
+from layerskip.tuning_output import save_recommendation, write_tuned
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("tune", help="search exit layer, k, skip sets, criteria and thresholds for speed")
+    parser = subcommand(
+        subparsers, "tune", "search exit layer, k, skip sets, criteria and thresholds for speed",
+        "Bayesian search (optuna TPE) for the fastest lossless draft configuration on calibration prompts, measured "
+        "with greedy decoding; writes a draft config JSON usable as --draft_config anywhere.",
+        "layerskip tune --dataset human_eval --num_samples 4 --trials 40 --time_budget 600 --output tuned.json")
     add_model_arguments(parser)
     add_generation_arguments(parser)
     add_dataset_arguments(parser)
+    add_output_dir(parser)
     add(parser, "trials", type=int, default=30, help="number of configurations to try")
-    add(parser, "time_budget", type=float, default=None, help="stop searching after this many seconds")
+    add(parser, "time_budget", type=float, default=None, help="stop searching after this many seconds (default: no limit)")
     add(parser, "max_speculations", type=int, default=8, help="largest k to try")
     add(parser, "modes", nargs="+", default=["early_exit", "layer_skip", "dynamic_exit"],
         choices=["early_exit", "layer_skip", "dynamic_exit"], help="kinds of draft to search")
@@ -61,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
                   args.modes, default, on_trial)
     bar.close()
     out = Path(args.output or Path(args.output_dir) / "draft_config.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     measured = {"tokens_per_second": result.best_tokens_per_second,
                 "autoregressive_tokens_per_second": result.autoregressive_tokens_per_second,
                 "speedup": result.best_tokens_per_second / result.autoregressive_tokens_per_second,
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                 "default_tokens_per_second": result.default_tokens_per_second,
                 "beats_default": result.beats_default, "trials": result.trials, "dataset": args.dataset,
                 "prompts": len(prompts), "max_steps": config.max_steps, "model": str(harness.loaded.path)}
-    out.write_text(json.dumps({"draft": result.best.to_dict(), "measured": measured, "history": result.history}, indent=2) + "\n")
+    write_tuned(out, result.best, measured, result.history)
     print(f"autoregressive: {result.autoregressive_tokens_per_second:.1f} tok/s")
     if result.default_tokens_per_second is not None:
         print(f"default ({default.label()}): {result.default_tokens_per_second:.1f} tok/s")
@@ -82,17 +83,7 @@ def run(args: argparse.Namespace) -> int:
         if not result.beats_default:
             print("not saved as the recommendation: it does not beat the current one", file=sys.stderr)
         else:
-            save_recommendation(harness.loaded.path, result.best)
-            print(f"saved as the recommended setting in {harness.loaded.path / RECOMMENDED_FILE}", file=sys.stderr)
+            saved = save_recommendation(harness.loaded.path, result.best)
+            print(f"saved as the recommended setting in {saved}", file=sys.stderr)
     print(f"draft config: {out}", file=sys.stderr)
     return 0
-
-
-def save_recommendation(model_dir: Path, draft: DraftConfig) -> None:
-    path = model_dir / RECOMMENDED_FILE
-    data = read_json_object(path, f"corrupt {path}", f"missing {path}") if path.exists() else {}
-    data["recommended"] = draft.to_dict()
-    try:
-        atomic_write(path, json.dumps(data, indent=2) + "\n")
-    except OSError as exc:
-        raise LayerskipError(f"cannot write {path}: {exc.strerror}") from None

@@ -69,3 +69,22 @@ def differences(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str
     if len(changed) > limit:
         parts.append(f"and {len(changed) - limit} more")
     return "; ".join(parts)
+
+
+def run_fingerprint(model_path: Path, model: Any, samples: Iterable[Any], labels: list[str], generation: Any,
+                    code_execution: bool = False) -> dict[str, Any]:
+    """Everything that determines a run's records (model files, samples, strategies, generation
+    settings, dtype, device, code execution): a resumed run must match it exactly."""
+    from dataclasses import asdict
+
+    samples = list(samples)
+    return normalized({
+        "model": model_identity(model_path),
+        "samples": digest((s.id, s.prompt, s.reference) for s in samples),
+        "num_samples": len(samples),
+        "strategies": labels,
+        "generation": asdict(generation),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": model.device.type,
+        "code_execution": code_execution,
+    })

@@ -1,4 +1,4 @@
-"""Quality metrics: ROUGE-1/2/3/L (rouge-score), BLEU (sacrebleu), exact match, edit distance,
+"""Quality metrics: ROUGE-1/2/3/L (rouge-score), BLEU (sacrebleu), exact match, edit distance (rapidfuzz),
 and HumanEval pass@1 by executing the problem's tests (``layerskip.evaluation.execution``)."""
 
 from __future__ import annotations
@@ -37,16 +37,10 @@ def exact_match(prediction: str, reference: str) -> float:
 
 
 def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance between two strings (characters)."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
+    """Levenshtein distance between two strings (characters), computed by rapidfuzz."""
+    from rapidfuzz.distance import Levenshtein
+
+    return int(Levenshtein.distance(a, b))
 
 
 def text_metrics(prediction: str, reference: str) -> dict[str, float]:
