@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from layerskip.cache import KVCache
-from layerskip.loading import default_model_path, load
+from layerskip.fast_linear import PackedLinear, prepare_for_inference
+from layerskip.loading import default_model_path, load, load_model
 from layerskip.model import LlamaForCausalLM
 
 
@@ -51,6 +52,9 @@ def weight_bytes(model: LlamaForCausalLM) -> int:
     for tensor in [*model.parameters(), *model.buffers()]:
         if tensor is not None:
             seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+    for module in model.modules():  # prepacked weights live outside parameters (layerskip.fast_linear)
+        if isinstance(module, PackedLinear) and not hasattr(module, "weight"):
+            seen[id(module)] = module.out_features * module.in_features * module.packed.element_size()
     embedding = model.model.embed_tokens.weight
     if not model.config.tie_word_embeddings:
         seen[embedding.data_ptr()] = embedding.shape[1] * embedding.element_size()
@@ -92,9 +96,10 @@ def roofline(model: LlamaForCausalLM, bandwidth: float, repeats: int, inner: int
     }
 
 
-def table(record: dict) -> str:
-    r = record["result"]
+def table(record: dict, kernel: str) -> str:
+    r = record["results"][kernel]
     lines = [
+        f"kernel              {kernel}",
         f"read bandwidth      {record['bandwidth_bytes_per_s'] / 1e9:8.1f} GB/s",
         f"weight bytes/token  {r['weight_bytes'] / 1e6:8.1f} MB  ({record['dtype']}, quantize {record['quantize']})",
         f"bound               {r['bound_tokens_per_s']:8.1f} tokens/s",
@@ -115,19 +120,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timings per figure (the minimum is kept)")
     parser.add_argument("--inner", type=int, default=5, help="calls per timing")
     parser.add_argument("--bandwidth_mib", type=int, default=1024, help="buffer size of the bandwidth measurement")
+    parser.add_argument("--kernels", nargs="+", default=["packed", "dense"], choices=["packed", "dense"],
+                        help="linear kernels to measure side by side (layerskip.fast_linear): packed = the engine's "
+                             "choice (oneDNN prepacked where it applies), dense = F.linear")
     parser.add_argument("--out", default="roofline.json")
     args = parser.parse_args(argv)
-    loaded = load(args.model or str(default_model_path()), args.device, args.dtype, args.quantize)
+    loaded = load(args.model or str(default_model_path()), args.device, args.dtype, args.quantize, prepare=False)
     bandwidth = read_bandwidth(args.bandwidth_mib, args.repeats)
+    results = {}
+    for kernel in args.kernels:
+        model = load_model(loaded.path, loaded.model.device, loaded.model.dtype)
+        prepare_for_inference(model, args.quantize, pack=kernel == "packed")
+        results[kernel] = roofline(model, bandwidth, args.repeats, args.inner, args.context)
+        del model
     record = {
         "model": str(loaded.path),
         "dtype": str(loaded.model.dtype).removeprefix("torch."),
         "quantize": args.quantize,
         "threads": torch.get_num_threads(),
         "bandwidth_bytes_per_s": bandwidth,
-        "result": roofline(loaded.model, bandwidth, args.repeats, args.inner, args.context),
+        "results": results,
     }
-    print(table(record))
+    print("\n\n".join(table(record, kernel) for kernel in args.kernels))
+    if len(args.kernels) == 2:
+        a, b = (results[k] for k in args.kernels)
+        print(f"\n{args.kernels[0]} vs {args.kernels[1]}: 1-token step {b['step_s'] / a['step_s']:.2f}x faster, "
+              f"verify T=5 / 1 {a['verify_relative']['5']:.2f} vs {b['verify_relative']['5']:.2f}")
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     return record
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 
 from layerskip.errors import LayerskipError
+from layerskip.fast_linear import make_linear
 from layerskip.model import LlamaForCausalLM
 
 RANKING_FILE = "draft_vocab.safetensors"
@@ -78,7 +78,7 @@ class DraftHead:
     def __init__(self, model: LlamaForCausalLM, token_ids: torch.Tensor | None = None) -> None:
         self.model = model
         self.token_ids = None if token_ids is None else token_ids.to(model.device)
-        self.weight = None if token_ids is None else model.lm_head.weight[self.token_ids].contiguous()
+        self.kernel = None if token_ids is None else make_linear(model.lm_head.weight[self.token_ids].contiguous(), None)
 
     @property
     def size(self) -> int:
@@ -87,9 +87,9 @@ class DraftHead:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden ``[batch, T, dim]`` -> float32 logits ``[batch, T, vocab]`` (``-inf`` off the subset)."""
         normed = self.model.model.norm(hidden)
-        if self.weight is None:
+        if self.kernel is None:
             return self.model.lm_head(normed).float()
-        scores = F.linear(normed, self.weight).float()
+        scores = self.kernel(normed).float()
         logits = scores.new_full((*scores.shape[:-1], self.model.config.vocab_size), float("-inf"))
         return logits.index_copy_(-1, self.token_ids, scores)
 

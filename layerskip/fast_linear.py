@@ -9,12 +9,14 @@ its checkpoint is read (parameter names on disk and the unfused training model a
 - ``quantize="int8"``: every decoder projection stores int8 weights with one float scale per output
   channel (symmetric absmax, ``w ≈ q * scale``); the LM head and embedding stay in the model dtype.
 
-Kernel choice (measured on a 2-core AVX2 EPYC without AVX-512/AMX; see the report in issue 13):
-float32 uses ``F.linear`` (MKL); MKL-prepacked (``mkl._mkl_linear``) and oneDNN fp32 were no faster
-for these shapes at 1..9 tokens, and prepacking is per batch size, which would make a 1-token step
-and a (k+1)-token verification round differently and break float32 exactness. Int8 uses
-``aten._weight_int8pack_mm`` with bfloat16 activations on CPU (its float32-activation path was
-~15x slower here) and dequantizes on other devices.
+Kernel choice (measured on a 2-core AVX2 EPYC; BENCHMARKS.md, "Engine speed"): float32 weights on
+CPU are prepacked once for oneDNN (``PackedLinear``): with the weights streamed from memory, as in a
+decoding step, it reads them at about twice the speed of ``F.linear`` (whose MKL path runs one thread
+for a single token on this CPU) and a (k+1)-token verification costs little more than one token. Its
+output rows do not depend on how many rows are computed together (``F.linear``'s do), so a one-token
+step and a verification of k+1 tokens give the same logits bit for bit in float32. Other dtypes and
+devices use ``F.linear``. Int8 uses ``aten._weight_int8pack_mm`` with bfloat16 activations on CPU (its
+float32-activation path was ~15x slower here) and dequantizes on other devices.
 """
 
 from __future__ import annotations
@@ -60,10 +62,39 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, quantize: str) -> nn.Module:
-    """The inference kernel for one weight ``[out, in]``: dense ``nn.Linear`` or ``Int8Linear``."""
+def packs(weight: torch.Tensor) -> bool:
+    """Whether ``weight`` gets the oneDNN prepacked kernel: float32 on a CPU with oneDNN."""
+    return weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
+class PackedLinear(nn.Module):
+    """``y = x @ weight.T + bias`` with the weight reordered once into oneDNN's blocked layout.
+
+    x ``[..., in]`` -> ``[..., out]``. ``keep_weight``: keep ``weight`` as a parameter too (the LM head,
+    whose weight is also the embedding table and the draft heads' source); otherwise only the packed
+    copy is kept. Inference only (no autograd).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, keep_weight: bool = False) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        # a plain attribute, not a buffer: an opaque oneDNN tensor that state_dict and .to() must not see
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        if keep_weight:
+            self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, quantize: str = "none", pack: bool = True) -> nn.Module:
+    """The inference kernel for one weight ``[out, in]``: ``Int8Linear``, ``PackedLinear`` (unless
+    ``pack`` is False: the dense kernel, for side-by-side measurements) or ``nn.Linear``."""
     if quantize == "int8":
         return Int8Linear(weight, bias)
+    if pack and packs(weight):
+        return PackedLinear(weight, bias)
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
     if bias is not None:
@@ -77,13 +108,13 @@ class FusedLinear(nn.Module):
     x ``[..., in]`` -> a tuple of ``[..., out_i]`` views, one per fused layer, in order.
     """
 
-    def __init__(self, parts: Sequence[nn.Linear], quantize: str = "none") -> None:
+    def __init__(self, parts: Sequence[nn.Linear], quantize: str = "none", pack: bool = True) -> None:
         super().__init__()
         self.sizes = [p.out_features for p in parts]
         weight = torch.cat([p.weight for p in parts])
         biases = [p.bias for p in parts]
         bias = None if biases[0] is None else torch.cat(biases)  # type: ignore[arg-type]
-        self.inner = make_linear(weight, bias, quantize)
+        self.inner = make_linear(weight, bias, quantize, pack)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.inner(x).split(self.sizes, dim=-1)
@@ -95,19 +126,22 @@ def check_quantize(name: str) -> str:
     return name
 
 
-def prepare_for_inference(model: nn.Module, quantize: str = "none") -> nn.Module:
-    """Fuse q/k/v and gate/up of every decoder layer of a ``LlamaForCausalLM`` and optionally
-    quantize its projections to int8 (in place; returns the model). Inference only: the fused model's
-    parameter names differ from the checkpoint's, so train and save the unprepared model."""
+def prepare_for_inference(model: nn.Module, quantize: str = "none", pack: bool = True) -> nn.Module:
+    """Fuse q/k/v and gate/up of every decoder layer of a ``LlamaForCausalLM``, optionally quantize its
+    projections to int8, and give every projection and the LM head the kernel ``make_linear`` picks
+    (in place; returns the model; ``pack=False`` keeps the dense kernel). Inference only: the prepared model's parameter names differ from the
+    checkpoint's, so train and save the unprepared model."""
     check_quantize(quantize)
     base_fingerprint(model)  # of the checkpoint's own weights, cached before they are fused or quantized
     with torch.no_grad():
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            attn.qkv_proj = FusedLinear([attn.q_proj, attn.k_proj, attn.v_proj], quantize)
-            mlp.gate_up_proj = FusedLinear([mlp.gate_proj, mlp.up_proj], quantize)
+            attn.qkv_proj = FusedLinear([attn.q_proj, attn.k_proj, attn.v_proj], quantize, pack)
+            mlp.gate_up_proj = FusedLinear([mlp.gate_proj, mlp.up_proj], quantize, pack)
             del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
-            if quantize == "int8":
-                attn.o_proj = make_linear(attn.o_proj.weight, attn.o_proj.bias, quantize)
-                mlp.down_proj = make_linear(mlp.down_proj.weight, mlp.down_proj.bias, quantize)
+            attn.o_proj = make_linear(attn.o_proj.weight, attn.o_proj.bias, quantize, pack)
+            mlp.down_proj = make_linear(mlp.down_proj.weight, mlp.down_proj.bias, quantize, pack)
+        head = model.lm_head
+        if pack and packs(head.weight):
+            model.lm_head = PackedLinear(head.weight, head.bias, keep_weight=True)
     return model

@@ -7,7 +7,7 @@ import torch
 
 from layerskip.drafting import EarlyExitDrafter
 from layerskip.errors import LayerskipError
-from layerskip.fast_linear import FusedLinear, Int8Linear, prepare_for_inference
+from layerskip.fast_linear import FusedLinear, Int8Linear, PackedLinear, prepare_for_inference
 from layerskip.generation import Decoding, GenerationConfig, generate
 from layerskip.loading import load, load_model
 from layerskip.sampling import SamplingConfig
@@ -23,6 +23,37 @@ def test_fused_float32_equals_separate_projections(tokens: int) -> None:
     got = FusedLinear(parts)(x)
     for layer, out in zip(parts, got):
         torch.testing.assert_close(out, layer(x), rtol=1e-6, atol=1e-6)
+
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not in this torch build")
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_rows_do_not_depend_on_how_many_are_computed(bias: bool) -> None:
+    """A one-token step and a (k+1)-token verification must give the same row bit for bit."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(96, 200, bias=bias)
+    packed = PackedLinear(layer.weight, layer.bias)
+    x = torch.randn(1, 9, 96)
+    together = packed(x)
+    torch.testing.assert_close(together, layer(x), rtol=1e-5, atol=1e-5)
+    for i in range(9):
+        assert torch.equal(packed(x[:, i : i + 1]), together[:, i : i + 1])
+    assert torch.equal(packed(x[:, :4]), together[:, :4])
+    assert not any(t is packed.packed for t in packed.state_dict().values())
+
+
+@needs_onednn
+def test_prepared_float32_model_runs_packed_kernels_and_keeps_the_head_weight(tiny_dir) -> None:
+    model = prepare_for_inference(load_model(tiny_dir, torch.device("cpu"), torch.float32))
+    layer = model.model.layers[0]
+    kernels = [layer.self_attn.qkv_proj.inner, layer.self_attn.o_proj, layer.mlp.gate_up_proj.inner, layer.mlp.down_proj, model.lm_head]
+    assert all(isinstance(k, PackedLinear) for k in kernels)
+    tied = model.lm_head.weight is model.model.embed_tokens.weight
+    assert tied == model.config.tie_word_embeddings  # the head keeps its weight (the draft heads copy rows of it)
+    assert not hasattr(layer.mlp.down_proj, "weight")  # projections keep only the packed copy
+    assert model.dtype == torch.float32
 
 
 def test_int8_linear_is_its_dequantized_weight() -> None:
