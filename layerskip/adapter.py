@@ -80,8 +80,10 @@ class DraftAdapter(nn.Module):
         self.block_config = config.block_config(base)
         self.block = DecoderLayer(self.block_config)
 
-    def new_cache(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> KVCache:
-        return KVCache(self.block_config, batch, capacity, device, dtype)
+    def new_cache(self, model_cache: KVCache) -> KVCache:
+        """The adapter's one-layer cache, shaped (and padded) like the model's."""
+        k = model_cache.k
+        return KVCache(self.block_config, model_cache.batch_size, model_cache.capacity, k.device, k.dtype, model_cache.pad)
 
     def forward(
         self,
@@ -89,11 +91,12 @@ class DraftAdapter(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         cache: KVCache | None = None,
-        start: int = 0,
+        slots: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Without a cache: a causal forward over the T tokens (training)."""
-        return self.block(hidden, cos, sin, 0, cache, start, mask)
+        """``LlamaForCausalLM.slot_inputs`` gives cos/sin, slots and mask; without a cache, a causal
+        forward over the T tokens (training)."""
+        return self.block(hidden, cos, sin, 0, cache, slots, mask)
 
 
 def init_adapter(model: LlamaForCausalLM, exit_layer: int, architecture: str, init_layer: int | None,

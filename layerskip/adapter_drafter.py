@@ -24,7 +24,7 @@ from layerskip.cache import KVCache
 from layerskip.draft_length import LengthPolicy
 from layerskip.drafting import DecodeState, Draft, DraftReport, EarlyExitDrafter
 from layerskip.errors import LayerskipError
-from layerskip.model import LlamaForCausalLM, attention_mask
+from layerskip.model import LlamaForCausalLM
 
 
 class AdapterDrafter(EarlyExitDrafter):
@@ -59,9 +59,8 @@ class AdapterDrafter(EarlyExitDrafter):
     def _adapter_cache(self, state: DecodeState) -> KVCache:
         """The adapter's cache for this generation (one per model cache), sized like it."""
         if self._cache_owner is not state.cache:
-            model = state.model
             assert self.adapter is not None
-            self._cache = self.adapter.new_cache(state.cache.batch_size, state.cache.capacity, model.device, model.dtype)
+            self._cache = self.adapter.new_cache(state.cache)
             self._cache_owner, self._filled = state.cache, 0
         assert self._cache is not None
         return self._cache
@@ -69,10 +68,9 @@ class AdapterDrafter(EarlyExitDrafter):
     def _adapt(self, state: DecodeState, hidden: torch.Tensor, start: int) -> torch.Tensor:
         """``h_E`` ``[1, T, dim]`` at slots ``start..`` -> the adapter's output; writes its K/V there."""
         assert self.adapter is not None, "bind(model) first"
-        model, t = state.model, hidden.shape[1]
-        cos, sin = model.positions(start, t, hidden.shape[0])
-        mask = attention_mask(start, t, None, hidden.shape[0], hidden.device)
-        return self.adapter(hidden, cos, sin, self._adapter_cache(state), start, mask)
+        cache = self._adapter_cache(state)
+        slots, cos, sin, mask = state.model.slot_inputs(cache, start, hidden.shape[1], hidden.shape[0])
+        return self.adapter(hidden, cos, sin, cache, slots, mask)
 
     def draft_logits(self, state: DecodeState, hidden: torch.Tensor, slot: int) -> torch.Tensor:
         start = slot - hidden.shape[1] + 1

@@ -1,8 +1,8 @@
 """The one KV cache shared by draft and verification, and the exit-layer hidden-state cache.
 
 Slots are indexed by sequence position (gpt-fast style): a forward over ``T`` new tokens starting
-at slot ``start`` writes every layer it runs at slots ``start..start+T-1`` and attends to slots
-``< start+T``. Draft passes write layers below the exit layer, verification the rest, into the
+at slot ``start`` writes every layer it runs at slots ``start..start+T-1`` and attends, through a
+mask, to slots ``< start+T`` of the whole preallocated buffer. Draft passes write layers below the exit layer, verification the rest, into the
 same tensors, so verification never recomputes what the draft already produced (LayerSkip's
 "KVQ cache", Elhoushi et al. 2024, section 4.2.2). Rolling back rejected drafts only moves
 ``length`` back: stale slots are overwritten before any later query can attend to them.
@@ -16,10 +16,16 @@ from layerskip.config import ModelConfig
 
 
 class KVCache:
-    """Keys and values of all layers: ``k``, ``v`` are ``[layers, batch, kv_heads, capacity, head_dim]``.
+    """Static keys and values of all layers (gpt-fast style): ``k``, ``v`` are
+    ``[layers, batch, kv_heads, capacity, head_dim]``, allocated once.
 
-    ``length`` is the number of committed (verified) slots; slots beyond it may hold stale draft
-    entries, which the causal mask hides and the next forward overwrites.
+    A forward over ``T`` tokens writes them at slots ``start..start+T-1`` (one slot index tensor for
+    every row) and attends to the whole buffer through a mask built from positions, so every call
+    sees the same shapes. Rows may hold sequences of different lengths, left-padded: ``pad``
+    ``[batch]`` (int64) is the number of padding slots of each row, and the token of row ``b`` at
+    slot ``s`` has position ``s - pad[b]``. ``length`` is the number of committed (verified) slots;
+    slots beyond it may hold stale draft entries, which the mask hides and the next forward
+    overwrites.
     """
 
     def __init__(
@@ -29,10 +35,15 @@ class KVCache:
         capacity: int,
         device: torch.device | str,
         dtype: torch.dtype,
+        pad: torch.Tensor | None = None,
     ) -> None:
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, capacity, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pad = torch.zeros(batch_size, dtype=torch.long, device=device) if pad is None else pad.to(device, torch.long)
+        if self.pad.shape != (batch_size,):
+            raise ValueError(f"pad must be [batch] = [{batch_size}], got {list(self.pad.shape)}")
+        self._keys = torch.arange(capacity, device=device)
         self.length = 0
 
     @property
@@ -43,17 +54,30 @@ class KVCache:
     def batch_size(self) -> int:
         return self.k.shape[1]
 
-    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v ``[batch, kv_heads, T, head_dim]`` at slots ``start..start+T-1`` of ``layer``.
+    def slots(self, start: int, t: int) -> torch.Tensor:
+        """Slot indices ``[T]`` of ``t`` tokens from ``start`` (checked against the capacity on the host)."""
+        if start < 0 or start + t > self.capacity:
+            raise ValueError(f"KV cache overflow: slots {start}..{start + t - 1} outside 0..{self.capacity - 1}")
+        return self._keys[start : start + t]
 
-        Returns the keys and values of slots ``0..start+T-1``: ``[batch, kv_heads, start+T, head_dim]``.
-        """
-        end = start + k.shape[2]
-        if end > self.capacity:
-            raise ValueError(f"KV cache overflow: slot {end - 1} >= capacity {self.capacity}")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    def positions(self, slots: torch.Tensor) -> torch.Tensor:
+        """Rotary positions ``[batch, T]`` of the tokens at ``slots`` ``[T]``."""
+        return (slots[None, :] - self.pad[:, None]).clamp_min(0)
+
+    def mask(self, slots: torch.Tensor) -> torch.Tensor:
+        """Boolean attention mask ``[batch, 1, T, capacity]``: the query at slot ``s`` of row ``b`` sees
+        key slots ``pad[b]..s`` (causal, padding hidden). A padding query sees slots ``0..s``, so
+        its (never used) output stays finite."""
+        keys, queries = self._keys[None, None, None, :], slots[None, None, :, None]
+        pad = self.pad[:, None, None, None]
+        return (keys <= queries) & ((keys >= pad) | (queries < pad))
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v ``[batch, kv_heads, T, head_dim]`` at ``slots`` ``[T]`` of ``layer``; returns the
+        whole buffers of that layer, ``[batch, kv_heads, capacity, head_dim]`` each."""
+        self.k[layer].index_copy_(2, slots, k)
+        self.v[layer].index_copy_(2, slots, v)
+        return self.k[layer], self.v[layer]
 
     def commit(self, length: int) -> None:
         """Mark slots ``0..length-1`` as verified (moving the length back is the rollback)."""

@@ -121,6 +121,11 @@ class DraftRound:
     ``add(logits)`` picks the next draft token from the draft's raw logits ``[vocab]`` (greedy or
     sampled, after the same processors verification applies, with the drafts so far as context)
     and says whether drafting may go on (not after a stop token, nor when the length policy stops).
+
+    Greedy drafting with nothing to decide per token on the host (no n-gram ban, no confidence
+    policy) keeps the chosen ids on the device and reads them once, when the round ends: no host
+    sync per draft token. A stop token is then found at the end of the round, and the drafts after
+    it are dropped — the same draft, at the cost of the forwards spent past it.
     """
 
     def __init__(self, state: DecodeState, length: LengthPolicy) -> None:
@@ -129,8 +134,16 @@ class DraftRound:
         self.tokens: list[int] = []
         self.probs: list[torch.Tensor] = []
         self.last_ids = torch.tensor([[state.pending]], device=state.model.device)
+        sampling = state.sampling
+        self.on_device = not sampling.sample and not sampling.no_repeat_ngram_size and not length.uses_confidence
+        self._chosen: list[torch.Tensor] = []
 
     def add(self, logits: torch.Tensor) -> bool:
+        if self.on_device:
+            choice = logits.view(1, -1).argmax(-1)
+            self.last_ids = choice.view(1, 1)
+            self._chosen.append(choice)
+            return True
         state = self.state
         processed = process_logits(logits.view(1, -1), state.sampling, [self.context])
         choice, q = select(processed, state.sampling, state.generator)
@@ -147,8 +160,16 @@ class DraftRound:
         return keep
 
     def draft(self, reuse_layers: int, exit_hidden: torch.Tensor | None) -> Draft:
+        """The round's ``Draft``; ``exit_hidden`` ``[batch, forwards, dim]`` is cut to its tokens."""
+        forwards = len(self._chosen) or len(self.tokens)
+        if self._chosen:
+            tokens = torch.cat(self._chosen).tolist()  # the round's one host sync
+            stops = [i for i, token in enumerate(tokens) if token in self.state.stop_token_ids]
+            self.tokens = tokens[: stops[0] + 1] if stops else tokens
+        if exit_hidden is not None:
+            exit_hidden = exit_hidden[:, : len(self.tokens)]
         probs = torch.stack(self.probs) if self.probs else None
-        return Draft(self.tokens, probs, reuse_layers, exit_hidden, len(self.tokens))
+        return Draft(self.tokens, probs, reuse_layers, exit_hidden, forwards)
 
 
 class EarlyExitDrafter(Drafter):

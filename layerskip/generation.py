@@ -130,17 +130,25 @@ def _stop_index(tokens: list[int], stop_ids: frozenset[int]) -> int | None:
 
 
 @torch.inference_mode()
-def generate_batch(model: LlamaForCausalLM, prompts: torch.Tensor, max_steps: int) -> torch.Tensor:
-    """Greedy autoregressive continuations of a batch: prompts ``[batch, P]`` -> ``[batch, max_steps]`` (on the CPU).
+def generate_batch(model: LlamaForCausalLM, prompts: Sequence[Sequence[int]] | torch.Tensor, max_steps: int) -> torch.Tensor:
+    """Greedy autoregressive continuations of a batch of prompts (any lengths) -> ``[batch, max_steps]``
+    token ids (on the CPU).
 
-    The batch path of the engine: every row has the same length, so no padding is needed, and one
-    KV cache serves the batch; there are no stop conditions (each row gets ``max_steps`` tokens).
-    Row i equals ``generate`` greedy on ``prompts[i]`` without stop tokens.
+    The batch path of the engine: the prompts are left-padded to one length and share one static KV
+    cache whose per-row padding (``KVCache.pad``) gives each row its own positions and hides its
+    padding; the tokens stay on the device (no host sync per step). There are no stop conditions
+    (each row gets ``max_steps`` tokens). Row i equals ``generate`` greedy on ``prompts[i]`` without
+    stop tokens.
     """
-    batch, length = prompts.shape
+    rows = prompts.tolist() if isinstance(prompts, torch.Tensor) else [list(p) for p in prompts]
+    if not rows or not all(rows):
+        raise ValueError("generate_batch needs at least one prompt and no empty prompt")
+    batch, length = len(rows), max(len(r) for r in rows)
     check_fits(model, length, max_steps, batch_size=batch)
-    cache = KVCache(model.config, batch, length + max_steps, model.device, model.dtype)
-    hidden = model.run_layers(model.embed(prompts.to(model.device)), 0, model.num_layers, cache, 0)
+    pad = torch.tensor([length - len(r) for r in rows])
+    ids = torch.tensor([[0] * (length - len(r)) + r for r in rows], device=model.device)
+    cache = KVCache(model.config, batch, length + max_steps, model.device, model.dtype, pad)
+    hidden = model.run_layers(model.embed(ids), 0, model.num_layers, cache, 0)
     token = model.unembed(hidden[:, -1:]).argmax(-1)  # [batch, 1]
     out = [token]
     for i in range(max_steps - 1):

@@ -74,6 +74,7 @@ class LayerwiseDrafter(Drafter):
         if self.max_exit > state.model.num_layers:
             raise ValueError(f"exit layer {self.max_exit} exceeds the model's {state.model.num_layers} layers")
         drafts = DraftRound(state, self.length)
+        first_exit = len(self.exit_layers)
         all_states: list[list[torch.Tensor]] = []
         reuse = self.max_exit
         for i in range(n_max):
@@ -85,4 +86,6 @@ class LayerwiseDrafter(Drafter):
             if not drafts.add(walk.logits):
                 break
         exit_hidden = torch.cat([s[reuse] for s in all_states], dim=1) if reuse > 0 else None
-        return drafts.draft(reuse, exit_hidden)
+        draft = drafts.draft(reuse, exit_hidden)
+        del self.exit_layers[first_exit + len(draft):]  # one exit per drafted token (none for those past a stop)
+        return draft

@@ -83,10 +83,11 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         layer: int,
         cache: KVCache | None,
-        start: int,
+        slots: torch.Tensor | None,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """x ``[batch, T, dim]`` -> ``[batch, T, dim]``; K/V written to ``cache`` at slots ``start..``."""
+        """x ``[batch, T, dim]`` -> ``[batch, T, dim]``; K/V written to ``cache`` at ``slots`` ``[T]``,
+        attention over its whole buffer under ``mask`` ``[batch, 1, T, capacity]``."""
         b, t, _ = x.shape
         q, k, v = self.project(x)
         q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
@@ -94,7 +95,7 @@ class Attention(nn.Module):
         v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
-            k, v = cache.write(layer, start, k, v)
+            k, v = cache.write(layer, slots, k, v)
             causal = False
         else:
             causal = mask is None and t > 1
@@ -139,14 +140,14 @@ class DecoderLayer(nn.Module):
         sin: torch.Tensor,
         index: int,
         cache: KVCache | None,
-        start: int,
+        slots: torch.Tensor | None,
         mask: torch.Tensor | None,
         skip_attn: bool = False,
         skip_mlp: bool = False,
     ) -> torch.Tensor:
         """hidden ``[batch, T, dim]`` -> ``[batch, T, dim]``; K/V go to layer ``index`` of ``cache``."""
         if not skip_attn:
-            hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, index, cache, start, mask)
+            hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, index, cache, slots, mask)
         if not skip_mlp and hasattr(self, "mlp"):
             hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
         return hidden
@@ -158,23 +159,6 @@ class Backbone(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-
-def attention_mask(
-    start: int, t: int, pad: torch.Tensor | None, batch: int, device: torch.device
-) -> torch.Tensor | None:
-    """Boolean mask ``[batch, 1, T, start+T]``: query slot ``start+i`` sees key slots ``pad[b]..start+i``.
-
-    ``None`` when every query may see every key slot (a single query with no left padding).
-    """
-    if t == 1 and pad is None:
-        return None
-    keys = torch.arange(start + t, device=device)
-    queries = torch.arange(start, start + t, device=device)
-    mask = (keys[None, :] <= queries[:, None]).expand(batch, 1, t, start + t)
-    if pad is not None:
-        mask = mask & (keys[None, None, None, :] >= pad[:, None, None, None])
-    return mask
 
 
 class LlamaForCausalLM(nn.Module):
@@ -224,30 +208,37 @@ class LlamaForCausalLM(nn.Module):
         last: int,
         cache: KVCache | None = None,
         start: int = 0,
-        pad: torch.Tensor | None = None,
         skip: SkipSet = NO_SKIP,
     ) -> torch.Tensor:
         """Run decoder layers ``first..last-1`` on ``hidden`` = ``h_first`` ``[batch, T, dim]``.
 
-        The T tokens sit at cache slots ``start..start+T-1`` (rotary position = slot - ``pad[b]``,
-        ``pad`` ``[batch]`` being left padding). Without a cache the call is a plain causal forward
+        The T tokens sit at cache slots ``start..start+T-1`` of every row (rotary position = slot -
+        the row's left padding ``cache.pad``). Without a cache the call is a plain causal forward
         over the T tokens (training). Returns ``h_last`` ``[batch, T, dim]``.
         """
         if not 0 <= first <= last <= self.num_layers:
             raise ValueError(f"layer range {first}..{last} outside 0..{self.num_layers}")
-        b, t, _ = hidden.shape
-        cos, sin = self.positions(start, t, b, pad)
-        mask = attention_mask(start, t, pad, b, hidden.device) if cache is not None else None
+        slots, cos, sin, mask = self.slot_inputs(cache, start, hidden.shape[1], hidden.shape[0])
         layers = self.model.layers
         for i in range(first, last):
-            hidden = layers[i](hidden, cos, sin, i, cache, start, mask, i in skip.attn, i in skip.mlp)
+            hidden = layers[i](hidden, cos, sin, i, cache, slots, mask, i in skip.attn, i in skip.mlp)
         return hidden
 
-    def positions(self, start: int, t: int, batch: int, pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotary cos/sin ``[batch, 1, T, head_dim]`` for T tokens at slots ``start..`` (``pad`` ``[batch]``)."""
-        slots = torch.arange(start, start + t, device=self.device)
-        positions = slots.expand(batch, t) if pad is None else slots[None, :] - pad[:, None]
-        return self.rotary().cos_sin(positions, start + t)
+    def slot_inputs(
+        self, cache: KVCache | None, start: int, t: int, batch: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """What a forward over T tokens from slot ``start`` needs: slot indices ``[T]``, rotary cos/sin
+        ``[batch, 1, T, head_dim]`` at each row's positions ``[batch, T]``, and the attention mask
+        ``[batch, 1, T, capacity]`` (``layerskip.cache.KVCache``). Without a cache: positions
+        ``start..`` in every row, no slots and no mask (causal attention over the T tokens)."""
+        if cache is None:
+            slots = mask = None
+            positions = torch.arange(start, start + t, device=self.device).expand(batch, t)
+        else:
+            slots = cache.slots(start, t)
+            positions, mask = cache.positions(slots), cache.mask(slots)
+        cos, sin = self.rotary().cos_sin(positions, start + t)
+        return slots, cos, sin, mask
 
     def propagate_state(self, hidden: torch.Tensor, first: int, last: int, cache: KVCache, start: int) -> None:
         """Fill the K/V of layers ``first..last-1`` at slots ``start..`` from one hidden state
@@ -255,7 +246,7 @@ class LlamaForCausalLM(nn.Module):
         layer gets keys/values projected from the exit state, so later tokens find valid entries.
         Costs two projections per layer instead of a full layer."""
         b, t, _ = hidden.shape
-        cos, sin = self.positions(start, t, b)
+        slots, cos, sin, _ = self.slot_inputs(cache, start, t, b)
         for i in range(first, last):
             layer = self.model.layers[i]
             attn = layer.self_attn
@@ -263,7 +254,7 @@ class LlamaForCausalLM(nn.Module):
             k, v = attn.project_kv(x)
             k = k.view(b, t, attn.n_kv, attn.head_dim).transpose(1, 2)
             v = v.view(b, t, attn.n_kv, attn.head_dim).transpose(1, 2)
-            cache.write(i, start, apply_rotary(k, cos, sin), v)
+            cache.write(i, slots, apply_rotary(k, cos, sin), v)
 
     def forward(
         self,

@@ -11,15 +11,28 @@ from layerskip.sampling import SamplingConfig
 from layerskip.verification import verify
 
 
-def test_write_returns_prefix_and_overflow_is_an_error(tiny_model):
+def test_write_returns_the_whole_buffer_and_overflow_is_an_error(tiny_model):
     cache = KVCache(tiny_model.config, 1, 6, "cpu", torch.float32)
     k = torch.ones(1, 2, 3, tiny_model.config.head_dim)
-    keys, values = cache.write(0, 2, k, k)
-    assert keys.shape[2] == 5 and torch.equal(keys[:, :, 2:], k)
+    keys, values = cache.write(0, cache.slots(2, 3), k, k)
+    assert keys.shape[2] == 6 and keys.data_ptr() == cache.k[0].data_ptr()  # static: the same buffer every call
+    assert torch.equal(keys[:, :, 2:5], k) and not keys[:, :, :2].any() and not keys[:, :, 5:].any()
     with pytest.raises(ValueError):
-        cache.write(0, 5, k, k)
+        cache.slots(5, 3)
     with pytest.raises(ValueError):
         cache.commit(7)
+
+
+def test_mask_and_positions_follow_each_rows_padding(tiny_model):
+    """Row b's token at slot s has position s - pad[b] and sees key slots pad[b]..s; a padding
+    query sees 0..s (its output is never used, but stays finite)."""
+    cache = KVCache(tiny_model.config, 2, 5, "cpu", torch.float32, pad=torch.tensor([0, 2]))
+    slots = cache.slots(1, 3)  # slots 1, 2, 3
+    assert cache.positions(slots).tolist() == [[1, 2, 3], [0, 0, 1]]
+    mask = cache.mask(slots)
+    assert mask.shape == (2, 1, 3, 5)
+    assert mask[0, 0].int().tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]]
+    assert mask[1, 0].int().tolist() == [[1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0]]
 
 
 def test_rollback_then_overwrite_matches_a_fresh_cache(tiny_model):

@@ -71,6 +71,6 @@ def test_left_padding_matches_unpadded_rows(tiny_model) -> None:
     pad = torch.tensor([2, 0])
     with torch.no_grad():
         alone = model(short)
-        cache = KVCache(model.config, 2, 8, "cpu", torch.float32)
-        batched = model.unembed(model.run_layers(model.embed(padded), 0, model.num_layers, cache, 0, pad))
+        cache = KVCache(model.config, 2, 8, "cpu", torch.float32, pad)
+        batched = model.unembed(model.run_layers(model.embed(padded), 0, model.num_layers, cache, 0))
     torch.testing.assert_close(batched[0, 2:], alone[0], atol=2e-5, rtol=1e-4)

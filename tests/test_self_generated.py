@@ -43,6 +43,16 @@ def test_batched_continuations_equal_one_by_one_greedy_decoding(tiny_model):
         assert batched[row].tolist() == single.token_ids
 
 
+def test_rows_of_different_lengths_each_get_their_batch_of_one_output(tiny_model):
+    """Left padding in the static cache: every row of a mixed-length batch decodes as it would alone."""
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 300, (n,), generator=gen).tolist() for n in (9, 2, 5)]
+    batched = generate_batch(tiny_model, prompts, 12)
+    for row, prompt in enumerate(prompts):
+        assert batched[row].tolist() == generate_batch(tiny_model, [prompt], 12)[0].tolist()
+        assert batched[row].tolist() == generate(tiny_model, prompt, GenerationConfig(max_steps=12)).token_ids
+
+
 def test_corpus_file_holds_prefix_and_continuation_and_resumes(tiny_model, tiny_dir, corpus_dir, tmp_path):
     tokenizer = load_tokenizer(tiny_dir)
     out = tmp_path / "gen.jsonl"

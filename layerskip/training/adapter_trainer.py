@@ -41,7 +41,7 @@ from layerskip.loading import LoadedModel, load
 from layerskip.sampling import SamplingConfig
 from layerskip.training import data as corpus
 from layerskip.training.adapter_features import FeatureSpec, check_or_write_meta, extract_features, load_features
-from layerskip.training.checkpoint import recover, save_checkpoint
+from layerskip.training.checkpoint import changed_settings, recover, save_checkpoint
 from layerskip.training.adapter_objective import soft_target_loss, vocabulary_index
 from layerskip.training.schedule import learning_rate
 
@@ -102,8 +102,9 @@ def _check_resumable(path: Path, config: AdapterTrainConfig) -> None:
         stored = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         raise LayerskipError(f"{path} is not a train-adapter config; use another --output_dir") from None
-    mine = asdict(config)
-    changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and stored.get(k) != mine[k])
+    if not isinstance(stored, dict):
+        raise LayerskipError(f"{path} is not a train-adapter config; use another --output_dir")
+    changed = changed_settings(stored, asdict(config), RESUMABLE_CHANGES | {"output_dir"}, {"model", "corpus"})
     if changed:
         raise LayerskipError(f"{path.parent} holds a run with other settings ({', '.join(changed)}); "
                              "use another --output_dir or the same settings to resume")
@@ -181,7 +182,7 @@ class AdapterTrainer:
     # ---- training ----------------------------------------------------------------------------
     def _student_logits(self, model, adapter: DraftAdapter, head_weight: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """hidden ``[B, T, dim]`` = ``h_E`` -> draft-vocabulary logits ``[B, T, N]``."""
-        cos, sin = model.positions(0, hidden.shape[1], hidden.shape[0])
+        _, cos, sin, _ = model.slot_inputs(None, 0, hidden.shape[1], hidden.shape[0])
         return F.linear(model.model.norm(adapter(hidden, cos, sin)), head_weight)
 
     def _evaluate(self, model, adapter, head_weight, index, val: dict[str, torch.Tensor], prompts, adapter_dir: Path) -> dict[str, float]:
