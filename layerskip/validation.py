@@ -70,7 +70,7 @@ def writable_file(path: str | Path, name: str) -> Path:
 
 #: Integer flags of the generation/dataset argument groups and their lower bounds (ranges checked
 #: downstream, e.g. by SamplingConfig or the draft validation, are not repeated here).
-GENERATION_INTS = {"max_steps": 1, "n_shot": 0, "num_samples": 1}
+GENERATION_INTS = {"max_steps": 1, "n_shot": 0, "num_samples": 1, "seed": 0}
 MIN_TEMPERATURE = 1e-4
 #: Float flags and their ranges (as above).
 GENERATION_FLOATS = {"criteria_temperature": (0.0, None), "criteria_high": (0.0, 1.0), "criteria_low": (0.0, 1.0)}

@@ -69,6 +69,8 @@ def env(tiny_dir, tmp_path_factory) -> dict[str, Path]:
         "dc_array": file("dc_array.json", "[2, 2]"),
         "data_bytes": file("data_bytes.jsonl", b'{"prompt": "\xff", "response": "x"}\n'),
         "data_dup": file("data_dup.jsonl", '{"id": 1, "prompt": "a", "response": "b"}\n{"id": 1, "prompt": "c", "response": "d"}\n'),
+        "data_id_null": file("data_id_null.jsonl", '{"id": null, "prompt": "a", "response": "b"}\n'),
+        "data_id_list": file("data_id_list.jsonl", '{"id": [1], "prompt": "a", "response": "b"}\n'),
         "data_int": file("data_int.jsonl", '{"prompt": 5, "response": "b"}\n'),
         "data_array": file("data_array.jsonl", "[1, 2]\n"),
         "data_missing": file("data_missing.jsonl", '{"x": 1}\n'),
@@ -110,6 +112,8 @@ CASES = {
     "exit layer fraction": (lambda e: gen(e, "--exit_layer", "2.7"), "invalid int value"),
     "max_steps 0": (lambda e: gen(e, "--max_steps", "0"), "--max_steps must be >= 1"),
     "stop id negative": (lambda e: gen(e, "--stop_token_ids", "-5"), "--stop_token_ids must be >= 0"),
+    "stop id past the vocabulary": (lambda e: gen(e, "--stop_token_ids", "99999999"), "--stop_token_ids 99999999 is outside the vocabulary"),
+    "seed negative": (lambda e: gen(e, "--seed", "-1"), "--seed must be >= 0"),
     "cuda without CUDA": (lambda e: gen(e, "--device", "cuda:0"), "no CUDA device"),
     "device nonsense": (lambda e: gen(e, "--device", "cuda:x"), "unknown device"),
     "prompt not UTF-8": (lambda e: [*gen(e)[:4], "hi\udcff", *gen(e)[5:]], "--prompt: not valid UTF-8"),
@@ -145,6 +149,8 @@ CASES = {
     # datasets, templates, output locations
     "data not UTF-8": (lambda e: custom(e, "data_bytes"), "data_bytes.jsonl:1: not valid UTF-8"),
     "duplicate ids": (lambda e: custom(e, "data_dup"), "duplicate sample id '1'"),
+    "id null": (lambda e: custom(e, "data_id_null"), "'id' must be a string or an integer, got None"),
+    "id list": (lambda e: custom(e, "data_id_list"), "'id' must be a string or an integer, got [1]"),
     "prompt not a string": (lambda e: custom(e, "data_int"), "prompt must be strings"),
     "record not an object": (lambda e: custom(e, "data_array"), "expected a JSON object"),
     "fields missing": (lambda e: custom(e, "data_missing"), "missing field(s) prompt, response"),
@@ -189,8 +195,9 @@ def test_bad_input_is_one_line(env, capsys, name):
     assert needle in lines[0] and len(lines[0]) < 400, lines[0]
 
 
-def test_interactive_stdin_not_utf8_is_one_line(env, capsys, monkeypatch):
-    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xff\xfe prompt\n"), encoding="utf-8"))
+@pytest.mark.parametrize("errors", ["strict", "surrogateescape"])  # surrogateescape: a real stdin in the POSIX locale
+def test_interactive_stdin_not_utf8_is_one_line(env, capsys, monkeypatch, errors):
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xff\xfe prompt\n"), encoding="utf-8", errors=errors))
     argv = gen(env)
     assert run(argv[:3] + argv[5:]) == 1  # no --prompt: interactive
     lines = capsys.readouterr().err.strip().splitlines()

@@ -134,3 +134,25 @@ def test_resume_from_a_leftover_old_checkpoint_cut_log_and_respelled_directory(c
     resumed.save_checkpoint()  # a second save over the first: the leftover never gets in the way
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
     assert recover(out / "checkpoint").step == 3
+
+
+def test_a_respelled_corpus_path_resumes_and_another_corpus_is_refused(corpus_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(corpus_dir.parent)
+    out = str(tmp_path / "run")
+    run_steps(Trainer(TrainConfig(corpus=corpus_dir.name, output_dir=out, steps=4, **TINY)), 1)
+    resumed = Trainer(TrainConfig(corpus=f"./{corpus_dir.name}/", output_dir=out, steps=4, **TINY))
+    assert resumed.step == 1
+    (tmp_path / "other").mkdir()
+    other = write_corpus(tmp_path / "other", 3)
+    with pytest.raises(LayerskipError, match=r"different settings \(corpus\)"):
+        Trainer(TrainConfig(corpus=str(other), output_dir=out, steps=4, **TINY))
+
+
+def test_changed_settings_compares_existing_paths_as_locations(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corp").mkdir()
+    stored = {"corpus": "corp", "lr": 1e-3, "steps": 10}
+    assert ckpt.changed_settings(stored, {"corpus": str(tmp_path / "corp") + "/", "lr": 1e-3, "steps": 20},
+                                 {"steps"}, {"corpus"}) == []
+    assert ckpt.changed_settings(stored, {"corpus": "stdlib", "lr": 2e-3, "steps": 10}, {"steps"}, {"corpus"}) == ["corpus", "lr"]
+    assert ckpt.changed_settings({}, {"new_key": 3}, set(), set(), {"new_key": 3}) == []

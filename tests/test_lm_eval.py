@@ -97,13 +97,47 @@ def test_gen_kwargs_override_the_task(tmp_path, monkeypatch, capsys):
     assert doc["layerskip"]["speed"]["generated_tokens"] <= 2 * 3
 
 
-def test_local_task_from_another_directory_is_one_error_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # the task's data_files are relative to the repository root
+def test_local_task_runs_from_another_directory(tmp_path, monkeypatch, capsys):
+    """The task's data_files are relative to its YAML: found from any working directory."""
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     code = main(["eval", "--tasks", "layerskip_code_completion", "--include_path", str(TASKS), "--limit", "1",
-                 "--output_path", str(tmp_path), "--no_progress", "True"])
+                 "--output_path", str(tmp_path / "out"), "--no_progress", "True"])
+    assert code == 0
+    doc = json.loads(next((tmp_path / "out").glob("*/results_*.json")).read_text())
+    assert doc["layerskip"]["speed"]["generation_requests"] == 1
+
+
+def test_local_task_data_resolution_keeps_lm_evals_rule_first(tmp_path, monkeypatch):
+    from layerskip.evaluation.local_tasks import task_specs
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "a.jsonl").write_text("{}\n")
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "b.jsonl").write_text("{}\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    entry = lambda files: type("Entry", (), {"yaml_path": tasks / "t.yaml",
+                                            "cfg": {"task": "t", "dataset_kwargs": {"data_files": files}}})()
+    manager = type("Manager", (), {"task_index": {"beside": entry({"test": "a.jsonl"}), "cwd": entry({"test": "b.jsonl"}),
+                                                  "missing": entry(["c.jsonl"]), "hub": type("E", (), {"cfg": {}, "yaml_path": None})()}})()
+    beside, cwd, missing, hub = task_specs(manager, ["beside", "cwd", "missing", "hub"])
+    assert beside["dataset_kwargs"]["data_files"] == {"test": str((tasks / "a.jsonl").resolve())}
+    assert manager.task_index["beside"].cfg["dataset_kwargs"]["data_files"] == {"test": "a.jsonl"}  # not mutated
+    assert (cwd, missing, hub) == ("cwd", "missing", "hub")
+
+
+def test_local_task_with_missing_data_is_one_error_line(tmp_path, monkeypatch, capsys):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    yaml = (TASKS / "code_completion.yaml").read_text().replace("code_completion.jsonl", "gone.jsonl")
+    (tasks / "gone.yaml").write_text(yaml.replace("task: layerskip_code_completion", "task: layerskip_gone"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    code = main(["eval", "--tasks", "layerskip_gone", "--include_path", str(tasks), "--limit", "1",
+                 "--output_path", str(tmp_path / "out"), "--no_progress", "True"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and "resolved from the working directory" in err[0]
+    assert code == 1 and len(err) == 1 and "beside the task's YAML" in err[0]
 
 
 @pytest.mark.parametrize("extra, needle", [

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, NoReturn, Sequence
+from dataclasses import fields
+from typing import Any, Mapping, NoReturn, Sequence
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -35,14 +36,16 @@ class SubcommandParser(ArgumentParser):
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions and examples as written; each flag's help ends with its default (unless the
-    help states it, or there is none to state)."""
+    help states it; an unset default shows as ``none``)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "default" in text.lower() or default in (None, argparse.SUPPRESS) or not action.option_strings:
+        if "default" in text.lower() or default is argparse.SUPPRESS or not action.option_strings:
             return text
-        if isinstance(default, (list, tuple)):
+        if default is None:
+            default = "none"
+        elif isinstance(default, (list, tuple)):
             default = " ".join(str(d) for d in default) or "none"
         return f"{text} (default: {str(default).replace('%', '%%')})".strip()
 
@@ -129,20 +132,20 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
              "--exit_layer is then the deepest exit (default: none, no dynamic exit); --dynamic_early_exit_mode is upstream's name")
     add(drafts, "criteria_threshold", type=float, default=None, help="the criterion's threshold (default: its documented one)")
     add(drafts, "criteria_patience", type=int, default=None, help="token_repeat: consecutive layers that must agree (default: 3; consistent_tokens: 4)")
-    add(drafts, "criteria_temperature", type=float, default=None, help="entropy_based: softmax temperature (1.0)")
-    add(drafts, "criteria_high", type=float, default=None, help="logits_future: confidence that moves the exit down (0.9)")
-    add(drafts, "criteria_low", type=float, default=None, help="logits_future: confidence that moves the exit up (0.5)")
+    add(drafts, "criteria_temperature", type=float, default=None, help="entropy_based: softmax temperature (default: 1.0)")
+    add(drafts, "criteria_high", type=float, default=None, help="logits_future: confidence that moves the exit down (default: 0.9)")
+    add(drafts, "criteria_low", type=float, default=None, help="logits_future: confidence that moves the exit up (default: 0.5)")
     add(drafts, "skip_layers", default=None, help='layer-skip draft: \'{"attn": [..], "mlp": [..]}\' sublayers to skip')
     add(drafts, "layer_skip_proportion", type=float, default=None, help="layer-skip draft: skip each draft layer with this probability")
     add(drafts, "draft_length", default=None, choices=["fixed", "threshold", "heuristic"],
         help="fixed k; threshold: stop below a confidence (Draft & Verify, adapted online); heuristic: k+2 / k-1")
-    add(drafts, "confidence_threshold", type=float, default=None, help="draft_length threshold: initial gamma (0.6)")
+    add(drafts, "confidence_threshold", type=float, default=None, help="draft_length threshold: initial gamma (default: 0.6)")
     add(drafts, "draft", default=None, choices=["model", "prompt_lookup", "prompt_lookup+model"],
         help="who drafts: model (default: early exit, layer skip, ...); prompt_lookup: the tokens that followed the latest "
              "earlier occurrence of the last n tokens (no exit layer needed; --num_speculations default 10 when the model "
              "recommends none); prompt_lookup+model: the lookup when it matches, the model's draft otherwise")
-    add(drafts, "prompt_lookup_max_ngram", type=int, default=None, help="prompt lookup: longest n-gram matched first (3)")
-    add(drafts, "prompt_lookup_min_ngram", type=int, default=None, help="prompt lookup: shortest n-gram tried (1)")
+    add(drafts, "prompt_lookup_max_ngram", type=int, default=None, help="prompt lookup: longest n-gram matched first (default: 3)")
+    add(drafts, "prompt_lookup_min_ngram", type=int, default=None, help="prompt lookup: shortest n-gram tried (default: 1)")
     add(drafts, "draft_config", default=None, help="a draft configuration JSON (from layerskip tune); flags override it")
     add(drafts, "draft_adapter", default=None,
         help="a trained draft adapter directory (layerskip train-adapter): draft = layers 0..E-1 + adapter + shared head")
@@ -157,7 +160,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     add(group, "dataset", default="human_eval", choices=DATASETS, help="the prompts and references")
     add(group, "data_path", default=None, help="local data: a JSONL file, a directory with test/train.jsonl, or a save_to_disk directory")
     add(group, "random_shuffle", type=bool, default=True, help="shuffle the samples (with --seed) before taking --num_samples")
-    add(group, "num_samples", type=int, default=None, help="samples to run (default: all)")
+    add(group, "num_samples", type=int, default=None, help="samples to run (none: all)")
     add(group, "n_shot", type=int, default=0, help="few-shot examples from the train split before each prompt")
     add(group, "template", default=None, help="format string with {message} wrapped around each prompt")
     add(group, "apply_chat_template", type=bool, default=False,
@@ -165,3 +168,33 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     add(group, "prompt_field", default="prompt", help="custom_jsonl: the prompt field")
     add(group, "response_field", default="response", help="custom_jsonl: the reference field")
     add_progress(group)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config: type, help: Mapping[str, str],
+                     choices: Mapping[str, Sequence[str]], renamed: Mapping[str, str] | None = None) -> None:
+    """One flag per field of the dataclass ``config`` (its defaults, ``int``/``float``/``bool``/``str``
+    types), named like the field unless ``renamed`` maps it to a flag name; then ``--no_progress``."""
+    defaults, renamed = config(), renamed or {}
+    for f in fields(config):
+        kind = {"int": int, "float": float, "bool": bool}.get(str(f.type), str)
+        add(parser, renamed.get(f.name, f.name), type=kind, default=getattr(defaults, f.name), choices=choices.get(f.name),
+            help=help.get(f.name, f.name.replace("_", " ")))
+    add_progress(parser)
+
+
+def config_values(args: argparse.Namespace, config: type, renamed: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The dataclass fields of ``config`` read back from flags registered by ``add_config_flags``."""
+    renamed = renamed or {}
+    return {f.name: getattr(args, renamed.get(f.name, f.name)) for f in fields(config)}
+
+
+def harness_command(subparsers: argparse._SubParsersAction, name: str, summary: str, description: str,
+                    example: str) -> argparse.ArgumentParser:
+    """A command that decodes a dataset (benchmark, correctness, sweep, tune): its parser with the
+    model, generation, dataset and ``--output_dir`` flags."""
+    parser = subcommand(subparsers, name, summary, description, example)
+    add_model_arguments(parser)
+    add_generation_arguments(parser)
+    add_dataset_arguments(parser)
+    add_output_dir(parser)
+    return parser

@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import asdict
 
-from layerskip.cli.arguments import add, add_dataset_arguments, add_generation_arguments, add_model_arguments, add_output_dir, subcommand
+from layerskip.cli.arguments import add, harness_command
 from layerskip.cli.harness import prepare
 from layerskip.cli.settings import draft_config, strategy
 from layerskip.errors import LayerskipError
@@ -19,14 +19,10 @@ from layerskip.strategy import Strategy
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subcommand(
+    parser = harness_command(
         subparsers, "benchmark", "measure speed and quality on a dataset",
         "Speed (tokens/s, acceptance, time to first token) and quality (ROUGE, BLEU, exact match, edit distance, pass@1) of one strategy, or of several side by side with --compare, on a dataset; results JSON and per-sample JSONL in --output_dir.",
         "layerskip benchmark --dataset human_eval --num_samples 10 --sample False --compare autoregressive self_speculative")
-    add_model_arguments(parser)
-    add_generation_arguments(parser)
-    add_dataset_arguments(parser)
-    add_output_dir(parser)
     add(parser, "compare", nargs="*", default=None,
         help="run several strategies side by side (default with the flag alone: autoregressive self_speculative); "
              "each [hf:]autoregressive or [hf:]self_speculative[:exit_layer=E,num_speculations=k]")

@@ -10,7 +10,7 @@ import argparse
 import sys
 from dataclasses import asdict, replace
 
-from layerskip.cli.arguments import add_dataset_arguments, add_generation_arguments, add_model_arguments, add_output_dir, subcommand
+from layerskip.cli.arguments import harness_command
 from layerskip.cli.harness import prepare
 from layerskip.cli.settings import strategy
 from layerskip.evaluation.records import environment, merge_rank_logs, rank_log, run_paths, write_json
@@ -20,14 +20,10 @@ from layerskip.sampling import SamplingConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subcommand(
+    parser = harness_command(
         subparsers, "correctness", "check that a strategy reproduces greedy autoregressive output",
         "Run greedy autoregressive decoding and a strategy on the same samples and compare their token ids; exits with status 1 on any mismatch (--sample is ignored: greedy decoding is compared).",
         "layerskip correctness --dataset human_eval --num_samples 10 --exit_layer 2 --num_speculations 6")
-    add_model_arguments(parser)
-    add_generation_arguments(parser)
-    add_dataset_arguments(parser)
-    add_output_dir(parser)
     parser.set_defaults(handler=run, generation_strategy="self_speculative", sample=False)
     parser.set_defaults(num_samples=10)
 

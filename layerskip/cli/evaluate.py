@@ -14,7 +14,7 @@ from typing import Any
 
 from layerskip.chat import require_chat_template
 from layerskip.cli.arguments import add, add_generation_arguments, add_model_arguments, add_progress, subcommand
-from layerskip.cli.settings import generation_config, model_eos_ids, strategy
+from layerskip.cli.settings import generation_config, strategy
 from layerskip.errors import LayerskipError
 from layerskip.evaluation.records import environment
 from layerskip.loading import load
@@ -113,9 +113,8 @@ def data_error(exc: BaseException) -> LayerskipError | None:
     """One line for a task whose data cannot be read (missing local file, hub data offline)."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, FileNotFoundError):
-        return LayerskipError(f"a task's data was not found ({text}); a local task's relative data_files are resolved "
-                              f"from the working directory ({Path.cwd()}): run from the directory they are relative "
-                              "to, or make them absolute")
+        return LayerskipError(f"a task's data was not found ({text}); a local task's relative data_files are looked for "
+                              f"from the working directory ({Path.cwd()}), then beside the task's YAML")
     if any(word in text.lower() for word in ("offline", "connect", "couldn't find", "hub", "resolve", "network")):
         return LayerskipError(
             f"a task's data is not available offline ({text}). Point the task at local data: write a task YAML "
@@ -131,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise LayerskipError("lm-eval is not installed: pip install 'lm-eval>=0.4.9,<0.5'") from None
     from layerskip.evaluation import lm_eval_output
+    from layerskip.evaluation.local_tasks import task_specs
     from layerskip.lm_eval_adapter import LayerskipLM
 
     apply_model_args(args)
@@ -145,14 +145,14 @@ def run(args: argparse.Namespace) -> int:
     loaded = load(args.model, args.device, args.dtype, args.quantize)
     if args.apply_chat_template:
         require_chat_template(loaded.tokenizer)
-    config = generation_config(args, model_eos_ids(loaded.model, loaded.tokenizer))
+    config = generation_config(args, loaded.model, loaded.tokenizer)
     lm = LayerskipLM(loaded, strategy(args, loaded.recommended), config,
                      batch_size=args.batch_size, max_batch_size=args.max_batch_size, max_length=args.max_length,
                      seed=args.seed, progress=not args.no_progress)
     evaluation_tracker = lm_eval_output.tracker(args.output_path)
     try:
         results = lm_eval.simple_evaluate(
-            model=lm, model_args={"pretrained": args.model or loaded.path.name}, tasks=tasks,
+            model=lm, model_args={"pretrained": args.model or loaded.path.name}, tasks=task_specs(manager, tasks),
             num_fewshot=args.num_fewshot, limit=args.limit, task_manager=manager, log_samples=log_samples,
             evaluation_tracker=evaluation_tracker, gen_kwargs=args.gen_kwargs, use_cache=args.use_cache,
             system_instruction=args.system_instruction, apply_chat_template=args.apply_chat_template,

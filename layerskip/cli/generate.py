@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Iterator
+from typing import Iterator, TextIO
 
 from layerskip.chat import Conversation, require_chat_template, single_turn
 from layerskip.cli.arguments import add, add_generation_arguments, add_model_arguments, subcommand
-from layerskip.cli.settings import generation_config, model_eos_ids, strategy
+from layerskip.cli.settings import generation_config, strategy
 from layerskip.cli.streaming import TextStreamer
 from layerskip.errors import LayerskipError
 from layerskip.generation import generate
@@ -37,6 +37,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def read_line(stream: TextIO) -> str:
+    """One line of ``stream``, decoded strictly as UTF-8 whatever the stream's error handler (a
+    POSIX-locale stdin turns bad bytes into surrogates instead of failing)."""
+    raw = stream.buffer.readline() if hasattr(stream, "buffer") else stream.readline()
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LayerskipError(f"standard input is not valid UTF-8 ({exc.reason} at byte {exc.start} of the line)") from None
+
+
 def interactive_prompts() -> Iterator[str]:
     """Prompts typed at the terminal, one per line; a trailing backslash continues a line."""
     if sys.stdin.isatty():
@@ -46,7 +58,7 @@ def interactive_prompts() -> Iterator[str]:
         if sys.stdin.isatty():
             sys.stderr.write("... " if lines else ">>> ")
             sys.stderr.flush()
-        line = sys.stdin.readline()
+        line = read_line(sys.stdin)
         if not line:
             return
         line = line.rstrip("\n")
@@ -74,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         require_chat_template(tokenizer)  # before an interactive session starts, not at its first prompt
     conversation = Conversation(tokenizer, args.system) if args.chat else None
     decoding = strategy(args, loaded.recommended).decoding(model.num_layers, args.seed)
-    config = generation_config(args, model_eos_ids(model, tokenizer))
+    config = generation_config(args, model, tokenizer)
 
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=True)

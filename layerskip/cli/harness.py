@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from layerskip.chat import require_chat_template, single_turn
-from layerskip.cli.settings import generation_config, model_eos_ids
+from layerskip.cli.settings import generation_config
 from layerskip.distributed import World, init_world
 from layerskip.errors import LayerskipError
 from layerskip.evaluation.datasets import Sample, load_samples
@@ -52,7 +52,7 @@ def prepare(args: argparse.Namespace) -> Harness:
     loaded = load(args.model, args.device, args.dtype, args.quantize)
     if args.apply_chat_template:
         require_chat_template(loaded.tokenizer)
-    config = generation_config(args, model_eos_ids(loaded.model, loaded.tokenizer))
+    config = generation_config(args, loaded.model, loaded.tokenizer)
     harness = Harness(loaded, samples, config, world, {"layerskip": LayerskipEngine(loaded, args.seed)},
                       args.apply_chat_template)
     longest = max((len(harness.encode(s.prompt)) for s in samples), default=0)

@@ -20,7 +20,14 @@ def model_eos_ids(model: LlamaForCausalLM, tokenizer: object) -> tuple[int, ...]
     return tuple(ids)
 
 
-def generation_config(args: argparse.Namespace, eos_ids: tuple[int, ...]) -> GenerationConfig:
+def generation_config(args: argparse.Namespace, model: LlamaForCausalLM, tokenizer: object) -> GenerationConfig:
+    """The generation settings of the flags for ``model``: its stop tokens plus ``--stop_token_ids``
+    (each checked against its vocabulary)."""
+    vocab = model.config.vocab_size
+    outside = [i for i in args.stop_token_ids or [] if not 0 <= i < vocab]
+    if outside:
+        raise LayerskipError(f"--stop_token_ids {outside[0]} is outside the vocabulary 0..{vocab - 1}")
+    eos_ids = model_eos_ids(model, tokenizer)
     try:
         sampling = SamplingConfig(
             sample=args.sample,

@@ -8,7 +8,7 @@ import sys
 from tqdm import tqdm
 
 from layerskip.adapter import read_adapter_config
-from layerskip.cli.arguments import add, add_dataset_arguments, add_generation_arguments, add_model_arguments, add_output_dir, subcommand
+from layerskip.cli.arguments import add, harness_command
 from layerskip.cli.harness import prepare
 from layerskip.cli.settings import draft_config
 from layerskip.errors import LayerskipError
@@ -24,17 +24,13 @@ FIXED_BY_GRID = ("generation_strategy", "exit_layer", "num_speculations")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subcommand(
+    parser = harness_command(
         subparsers, "sweep", "grid search over exit layer x num_speculations",
         "Run self-speculative decoding at every point of the grid exit layer x number of speculations (and "
         "autoregressive decoding once, the baseline), point by point: the CSV is rewritten after each point, "
         "--resume continues an interrupted sweep; at the end a heat map (PNG) and the best point (JSON).",
         "layerskip sweep --dataset human_eval --num_samples 10 --sample False --max_steps 128 "
         "--exit_layer_first 1 --exit_layer_last 6 --num_speculations_first 2 --num_speculations_last 8 --num_speculations_step 2")
-    add_model_arguments(parser)
-    add_generation_arguments(parser)
-    add_dataset_arguments(parser)
-    add_output_dir(parser)
     add(parser, "exit_layer_first", type=int, default=1, help="first exit layer of the grid")
     add(parser, "exit_layer_last", type=int, default=None, help="last exit layer of the grid (default: L-1)")
     add(parser, "exit_layer_step", type=int, default=1, help="exit layer step")

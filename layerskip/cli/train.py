@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 
-from layerskip.cli.arguments import add, add_progress, subcommand
+from layerskip.cli.arguments import add_config_flags, config_values, subcommand
 from layerskip.training.early_exit_loss import CURRICULA, SCALE_SHAPES
 from layerskip.training.layer_dropout import DEPTH_SHAPES, TIME_SHAPES
 from layerskip.training.trainer import TrainConfig
@@ -48,6 +47,8 @@ HELP = {
     "seed": "random seed",
     "save_dtype": "dtype of the saved model",
 }
+#: the config field --model sets (a checkpoint to continue)
+RENAMED = {"init_model": "model"}
 CHOICES = {"dropout_shape": DEPTH_SHAPES, "dropout_time": TIME_SHAPES, "scale_shape": SCALE_SHAPES,
            "curriculum": CURRICULA, "save_dtype": ("bfloat16", "float32", "float16")}
 
@@ -58,20 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Train a model from scratch, or continue a checkpoint (--model), with the LayerSkip recipe: layer dropout "
         "and the early-exit loss with a curriculum; checkpoints are crash-safe and resumable; torchrun-ready.",
         "layerskip train --corpus stdlib --output_dir runs/my-model --steps 1500 --p_max 0.2 --curriculum rotational")
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        default = getattr(defaults, f.name)
-        kind = {"int": int, "float": float, "bool": bool}.get(str(f.type), str)
-        name = "model" if f.name == "init_model" else f.name
-        add(parser, name, type=kind, default=default, choices=CHOICES.get(f.name), help=HELP.get(f.name, f.name.replace("_", " ")))
-    add_progress(parser)
+    add_config_flags(parser, TrainConfig, HELP, CHOICES, RENAMED)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from layerskip.training.trainer import Trainer
 
-    values = {f.name: getattr(args, "model" if f.name == "init_model" else f.name) for f in fields(TrainConfig)}
-    final = Trainer(TrainConfig(**values)).run(progress=not args.no_progress)
+    final = Trainer(TrainConfig(**config_values(args, TrainConfig, RENAMED))).run(progress=not args.no_progress)
     print(f"saved {final}")
     return 0

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 
 from layerskip.adapter import ARCHITECTURES
-from layerskip.cli.arguments import add, add_progress, subcommand
+from layerskip.cli.arguments import add_config_flags, config_values, subcommand
 from layerskip.training.adapter_trainer import INIT_CHOICES, AdapterTrainConfig
 
 HELP = {
@@ -33,19 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Train a small draft adapter between layer E of a frozen model and its own head; the model's output is "
         "unchanged (verification is the full model).",
         "layerskip train-adapter --model smollm2-135m-instruct --exit_layer 4 --output_dir runs/adapter")
-    defaults = AdapterTrainConfig()
-    for f in fields(AdapterTrainConfig):
-        kind = {"int": int, "float": float}.get(str(f.type), str)
-        add(parser, f.name, type=kind, default=getattr(defaults, f.name), choices=CHOICES.get(f.name),
-            help=HELP.get(f.name, f.name.replace("_", " ")))
-    add_progress(parser)
+    add_config_flags(parser, AdapterTrainConfig, HELP, CHOICES)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from layerskip.training.adapter_trainer import AdapterTrainer
 
-    config = AdapterTrainConfig(**{f.name: getattr(args, f.name) for f in fields(AdapterTrainConfig)})
+    config = AdapterTrainConfig(**config_values(args, AdapterTrainConfig))
     trainer = AdapterTrainer(config)
     final = trainer.run(progress=not args.no_progress)
     if trainer.world.is_main:

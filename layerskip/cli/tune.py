@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from layerskip.cli.arguments import add, add_dataset_arguments, add_generation_arguments, add_model_arguments, add_output_dir, subcommand
+from layerskip.cli.arguments import add, harness_command
 from layerskip.cli.harness import prepare
 from layerskip.cli.settings import draft_config
 from layerskip.errors import LayerskipError
@@ -18,15 +18,11 @@ from layerskip.tuning_output import save_recommendation, write_tuned
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subcommand(
+    parser = harness_command(
         subparsers, "tune", "search exit layer, k, skip sets, criteria and thresholds for speed",
         "Bayesian search (optuna TPE) for the fastest lossless draft configuration on calibration prompts, measured "
         "with greedy decoding; writes a draft config JSON usable as --draft_config anywhere.",
         "layerskip tune --dataset human_eval --num_samples 4 --trials 40 --time_budget 600 --output tuned.json")
-    add_model_arguments(parser)
-    add_generation_arguments(parser)
-    add_dataset_arguments(parser)
-    add_output_dir(parser)
     add(parser, "trials", type=int, default=30, help="number of configurations to try")
     add(parser, "time_budget", type=float, default=None, help="stop searching after this many seconds (default: no limit)")
     add(parser, "max_speculations", type=int, default=8, help="largest k to try")

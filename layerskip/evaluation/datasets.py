@@ -159,7 +159,10 @@ def _records_to_samples(records: list[dict], fmt: Callable[[dict], tuple[str, st
     out = []
     for i, record in enumerate(records):
         prompt, reference = fmt(record)
-        out.append(Sample(str(record.get("id", f"{prefix}{i}")), prompt, reference))
+        key = record.get("id", f"{prefix}{i}")
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            raise LayerskipError(f"record {i + 1} ({prefix.rstrip('-')}): 'id' must be a string or an integer, got {key!r}")
+        out.append(Sample(str(key), prompt, reference))
     return out
 
 

@@ -8,13 +8,16 @@ distribution (the target). Both are computed in one forward per window and store
 - ``top_ids``  ``[n, seq_len, top_k]`` int32: the full model's ``top_k`` tokens per position;
 - ``top_logp`` ``[n, seq_len, top_k]`` float32: their log-probabilities.
 
-Each shard is written atomically (``shard_00012.safetensors``); an interrupted extraction resumes
-at the first missing shard, and under torchrun rank ``r`` computes shards ``r, r+W, ...``.
+Each shard is written atomically (``shard_00012.safetensors``) with the sha256 of its token ids in
+its metadata; an interrupted extraction resumes at the first missing shard, a shard whose windows
+changed (the corpus file grew or was replaced) is recomputed, and under torchrun rank ``r``
+computes shards ``r, r+W, ...``.
 ``features.json`` records what the features depend on; a mismatch refuses reuse.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,17 +100,36 @@ def extract_features(
     count = (windows.shape[0] + shard_size - 1) // shard_size
     for index in range(rank, count, world_size):
         path = shard_path(directory, index)
-        if not path.exists():
-            rows = windows[index * shard_size : (index + 1) * shard_size]
+        rows = windows[index * shard_size : (index + 1) * shard_size]
+        digest = windows_digest(rows)
+        if shard_digest(path) != digest:  # missing, cut, or computed from other text: (re)compute it
             parts = [window_features(model, rows[i : i + micro_batch], spec.exit_layer, spec.top_k)
                      for i in range(0, rows.shape[0], micro_batch)]
             tensors = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
             tmp = path.with_suffix(".tmp")
-            save_file(tensors, str(tmp))
+            save_file(tensors, str(tmp), metadata={"windows": digest})
             tmp.replace(path)
         if on_shard:
             on_shard(1)
     return count
+
+
+def windows_digest(rows: torch.Tensor) -> str:
+    """sha256 of a shard's token ids ``[n, seq_len]``: ties stored features to the exact text they came from."""
+    return hashlib.sha256(rows.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
+
+
+def shard_digest(path: Path) -> str | None:
+    """The ``windows`` digest a shard was written with (None: missing or unreadable)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("windows")
+    except (SafetensorError, OSError):
+        return None
 
 
 def load_features(directory: Path, count: int) -> dict[str, torch.Tensor]:

@@ -23,6 +23,30 @@ from layerskip.storage import atomic_write, fsync_path
 
 
 
+def changed_settings(stored: dict[str, Any], current: dict[str, Any], free: set[str] | frozenset[str],
+                     paths: set[str] | frozenset[str], defaults: dict[str, Any] | None = None) -> list[str]:
+    """The settings of ``current`` that differ from a stored run's, ignoring ``free`` ones (those a
+    resumed run may change). ``paths`` that exist are compared as locations (``corp``, ``./corp/``
+    and its absolute spelling are one directory); a key the stored run lacks counts as ``defaults[key]``."""
+    defaults = defaults or {}
+
+    def location(value: Any) -> Any:
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            return str(Path(value).expanduser().resolve())
+        return value
+
+    changed = []
+    for key, value in current.items():
+        if key in free:
+            continue
+        old = stored.get(key, defaults.get(key))
+        if key in paths:
+            old, value = location(old), location(value)
+        if old != value:
+            changed.append(key)
+    return sorted(changed)
+
+
 def model_tensors(model: LlamaForCausalLM, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The state dict without tied duplicates, contiguous, optionally cast."""
     state = model.state_dict()

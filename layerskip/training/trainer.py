@@ -35,6 +35,7 @@ from layerskip.tokenizer_training import train_bpe_tokenizer
 from layerskip.training import data as corpus
 from layerskip.training.checkpoint import (
     Checkpoint,
+    changed_settings,
     load_training_state,
     recover,
     save_pretrained,
@@ -50,6 +51,10 @@ COUNTS_FROM_ZERO = ("warmup", "eval_every", "eval_batches", "eval_prompts", "sav
 CONFIG_FILE = "train_config.json"
 CHECKPOINT_DIR = "checkpoint"
 FINAL_DIR = "final"
+
+
+#: settings that name files: a resumed run may spell them differently
+PATH_SETTINGS = frozenset({"corpus", "init_model"})
 
 
 @dataclass
@@ -230,10 +235,9 @@ class Trainer:
         existing = self.out / CONFIG_FILE
         if existing.exists():
             old = read_json_object(existing, f"corrupt {existing}", f"missing {existing}")
-            new = asdict(self.cfg)
             defaults = asdict(TrainConfig())  # keys added since the checkpoint was written
-            free = ("steps", "eval_every", "save_every", "output_dir")  # output_dir: the same directory, however spelled
-            changed = [k for k in new if k not in free and old.get(k, defaults[k]) != new[k]]
+            free = {"steps", "eval_every", "save_every", "output_dir"}  # output_dir: the same directory, however spelled
+            changed = changed_settings(old, asdict(self.cfg), free, PATH_SETTINGS, defaults)
             if changed:
                 raise LayerskipError(
                     f"{self.out} holds a checkpoint of a run with different settings ({', '.join(changed)}); "
