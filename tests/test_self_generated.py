@@ -88,3 +88,25 @@ def test_cli_writes_the_corpus_and_rejects_bad_input(tiny_dir, corpus_dir, tmp_p
     assert_one_line_error(run_cli(*common, "--num_sequences", "2", "--batch_size", "0"), "--batch_size must be >= 1, got 0")
     assert_one_line_error(run_cli("self-generate", "--model", str(tiny_dir), "--corpus", str(tmp_path / "missing"),
                                   "--output", str(tmp_path / "x.jsonl")), "no files found")
+
+
+def test_cli_continues_whole_prompts_of_any_length(tiny_dir, tiny_model, tmp_path, capsys):
+    """--prompts: each record's text is continued as the harness would tokenize it, whatever its length."""
+    tokenizer = load_tokenizer(tiny_dir)
+    prompts = tmp_path / "prompts.jsonl"
+    texts = ["def add(a, b):\n    \"\"\"Add two numbers.\"\"\"\n", "x = 1", "class A:\n    pass\n\n\ndef f():\n"]
+    prompts.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "greedy.jsonl"
+    assert main(["self-generate", "--model", str(tiny_dir), "--prompts", str(prompts), "--output", str(out),
+                 "--num_sequences", "10", "--new_tokens", "5", "--batch_size", "2", "--dtype", "float32",
+                 "--no_progress", "True"]) == 0
+    assert f"{out}: 3 sequences" in capsys.readouterr().out
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    for record, text in zip(records, texts):
+        ids = tokenizer(text)["input_ids"]
+        alone = generate(tiny_model, ids, GenerationConfig(max_steps=5)).token_ids
+        assert record["prefix_tokens"] == len(ids)
+        assert record["text"] == tokenizer.decode(ids + alone, skip_special_tokens=False)
+    (tmp_path / "empty.jsonl").write_text(json.dumps({"code": "x"}) + "\n")
+    assert_one_line_error(run_cli("self-generate", "--model", str(tiny_dir), "--prompts", str(tmp_path / "empty.jsonl"),
+                                  "--output", str(tmp_path / "y.jsonl")), "no text in field 'text'")

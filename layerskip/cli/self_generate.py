@@ -13,6 +13,7 @@ from layerskip.limits import check_fits
 from layerskip.training.self_generated import (
     check_sizes,
     claim_output,
+    prompt_prefixes,
     training_prefixes,
     write_self_generated_corpus,
 )
@@ -31,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add(parser, "text_field", default="text", help="the text field of JSONL records (read and written)")
     add(parser, "output", required=True,
         help="JSONL file to write; a file from an interrupted run with the same settings is continued, any other is refused")
-    add(parser, "num_sequences", type=int, default=8000, help="sequences to write")
+    add(parser, "prompts", default=None,
+        help="a JSONL file of whole prompts (its --text_field) to continue instead of corpus prefixes, e.g. function headers")
+    add(parser, "num_sequences", type=int, default=8000, help="sequences to write (with --prompts: at most its records)")
     add(parser, "prefix_tokens", type=int, default=128, help="tokens of each corpus prefix")
     add(parser, "new_tokens", type=int, default=128, help="greedy tokens generated after each prefix")
     add(parser, "batch_size", type=int, default=64, help="prefixes continued together")
@@ -46,13 +49,20 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size)
     output = writable_file(args.output, "--output")
     loaded = load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
-    check_fits(loaded.model, args.prefix_tokens, args.new_tokens, batch_size=args.batch_size, steps_flag="--new_tokens")
-    prefixes = training_prefixes(loaded.tokenizer, args.corpus, args.num_sequences, args.prefix_tokens, args.seed, args.text_field)
-    fingerprint = {"model": model_identity(loaded.path), "prefixes": digest(prefixes.tolist()),
+    if args.prompts is not None:
+        prefixes = prompt_prefixes(loaded.tokenizer, args.prompts, args.num_sequences, args.text_field)
+        longest = max(len(p) for p in prefixes)
+    else:
+        prefixes = training_prefixes(loaded.tokenizer, args.corpus, args.num_sequences, args.prefix_tokens, args.seed,
+                                     args.text_field)
+        longest = args.prefix_tokens
+    check_fits(loaded.model, longest, args.new_tokens, batch_size=args.batch_size, steps_flag="--new_tokens")
+    rows = prefixes.tolist() if not isinstance(prefixes, list) else prefixes
+    fingerprint = {"model": model_identity(loaded.path), "prefixes": digest(rows),
                    "new_tokens": args.new_tokens, "batch_size": args.batch_size, "text_field": args.text_field,
                    "dtype": str(loaded.model.dtype).removeprefix("torch."), "device": loaded.model.device.type}
-    done = min(claim_output(output, fingerprint), args.num_sequences)
-    with tqdm(total=args.num_sequences, initial=done, unit="seq", disable=args.no_progress) as bar:
+    done = min(claim_output(output, fingerprint), len(rows))
+    with tqdm(total=len(rows), initial=done, unit="seq", disable=args.no_progress) as bar:
         total = write_self_generated_corpus(loaded.model, loaded.tokenizer, prefixes, output, args.new_tokens,
                                             args.batch_size, args.text_field, on_batch=bar.update)
     print(f"{output}: {total} sequences")

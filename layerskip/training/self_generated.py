@@ -96,31 +96,48 @@ def training_prefixes(
     return corpus_prefixes(stream, num_sequences, prefix_tokens, seed)
 
 
+def prompt_prefixes(tokenizer, path: str, num_sequences: int, text_field: str = "text") -> list[list[int]]:
+    """The first ``num_sequences`` records of the JSONL file ``path``, each ``text_field`` tokenized
+    as the harness tokenizes a prompt: whole prompts (e.g. function headers with their docstrings)
+    continued as they are, of any lengths."""
+    check_sizes(num_sequences=num_sequences)
+    prompts = []
+    for number, record in enumerate(read_records(Path(path), "prompt record")[:num_sequences], 1):
+        text = record.get(text_field) if isinstance(record, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise LayerskipError(f"--prompts {path}:{number}: no text in field {text_field!r}")
+        prompts.append(tokenizer(text)["input_ids"])
+    if not prompts:
+        raise LayerskipError(f"--prompts {path}: no records")
+    return prompts
+
+
 def write_self_generated_corpus(
     model: LlamaForCausalLM,
     tokenizer,
-    prefixes: torch.Tensor,
+    prefixes: torch.Tensor | list[list[int]],
     output: Path,
     new_tokens: int,
     batch_size: int,
     text_field: str = "text",
     on_batch: Callable[[int], None] | None = None,
 ) -> int:
-    """Continue each of ``prefixes`` ``[N, P]`` and write record i for row i to ``output``, skipping
-    the records already there. ``on_batch(n)`` is called after each batch of n records is written.
-    Returns the number of records in the file.
+    """Continue each of ``prefixes`` (``[N, P]``, or N token lists of any lengths) and write record i
+    for row i to ``output``, skipping the records already there. ``on_batch(n)`` is called after each
+    batch of n records is written. Returns the number of records in the file.
     """
     check_sizes(new_tokens=new_tokens, batch_size=batch_size)
-    total, prefix_tokens = prefixes.shape
+    rows_all = prefixes.tolist() if isinstance(prefixes, torch.Tensor) else [list(p) for p in prefixes]
+    total = len(rows_all)
     done = existing_records(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("a", encoding="utf-8") as handle:
         for first in range(done, total, batch_size):
-            rows = prefixes[first : first + batch_size]
+            rows = rows_all[first : first + batch_size]
             continuations = generate_batch(model, rows, new_tokens)
-            for offset, (prefix, new) in enumerate(zip(rows.tolist(), continuations.tolist())):
+            for offset, (prefix, new) in enumerate(zip(rows, continuations.tolist())):
                 text = tokenizer.decode(prefix + new, skip_special_tokens=False)
-                record = {text_field: text, "prefix_tokens": prefix_tokens, "index": first + offset}
+                record = {text_field: text, "prefix_tokens": len(prefix), "index": first + offset}
                 handle.write(json.dumps(record) + "\n")
             handle.flush()
             if on_batch:
