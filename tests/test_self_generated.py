@@ -110,3 +110,14 @@ def test_cli_continues_whole_prompts_of_any_length(tiny_dir, tiny_model, tmp_pat
     (tmp_path / "empty.jsonl").write_text(json.dumps({"code": "x"}) + "\n")
     assert_one_line_error(run_cli("self-generate", "--model", str(tiny_dir), "--prompts", str(tmp_path / "empty.jsonl"),
                                   "--output", str(tmp_path / "y.jsonl")), "no text in field 'text'")
+
+
+def test_a_continuation_ends_at_its_first_stop_token(tiny_model, tiny_dir, tmp_path):
+    tokenizer = load_tokenizer(tiny_dir)
+    prefix = [5, 6, 7, 8]
+    full = generate_batch(tiny_model, [prefix], 8)[0].tolist()
+    stop = full[2]
+    cut = full[: full.index(stop) + 1]
+    out = tmp_path / "stopped.jsonl"
+    write_self_generated_corpus(tiny_model, tokenizer, [prefix], out, 8, 1, stop_token_ids=frozenset({stop}))
+    assert json.loads(out.read_text())["text"] == tokenizer.decode(prefix + cut, skip_special_tokens=False)

@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add(parser, "prefix_tokens", type=int, default=128, help="tokens of each corpus prefix")
     add(parser, "new_tokens", type=int, default=128, help="greedy tokens generated after each prefix")
     add(parser, "batch_size", type=int, default=64, help="prefixes continued together")
+    add(parser, "stop_at_eos", type=bool, default=False,
+        help="end each continuation at the model's first stop token (kept), as generation with EOS stopping does")
     add_progress(parser)
     parser.set_defaults(handler=run)
 
@@ -60,10 +62,13 @@ def run(args: argparse.Namespace) -> int:
     rows = prefixes.tolist() if not isinstance(prefixes, list) else prefixes
     fingerprint = {"model": model_identity(loaded.path), "prefixes": digest(rows),
                    "new_tokens": args.new_tokens, "batch_size": args.batch_size, "text_field": args.text_field,
+                   **({"stop_at_eos": True} if args.stop_at_eos else {}),
                    "dtype": str(loaded.model.dtype).removeprefix("torch."), "device": loaded.model.device.type}
+    stop_ids = frozenset(loaded.model.config.eos_token_ids) if args.stop_at_eos else frozenset()
     done = min(claim_output(output, fingerprint), len(rows))
     with tqdm(total=len(rows), initial=done, unit="seq", disable=args.no_progress) as bar:
         total = write_self_generated_corpus(loaded.model, loaded.tokenizer, prefixes, output, args.new_tokens,
-                                            args.batch_size, args.text_field, on_batch=bar.update)
+                                            args.batch_size, args.text_field, on_batch=bar.update,
+                                            stop_token_ids=stop_ids)
     print(f"{output}: {total} sequences")
     return 0

@@ -121,10 +121,12 @@ def write_self_generated_corpus(
     batch_size: int,
     text_field: str = "text",
     on_batch: Callable[[int], None] | None = None,
+    stop_token_ids: frozenset[int] = frozenset(),
 ) -> int:
     """Continue each of ``prefixes`` (``[N, P]``, or N token lists of any lengths) and write record i
     for row i to ``output``, skipping the records already there. ``on_batch(n)`` is called after each
-    batch of n records is written. Returns the number of records in the file.
+    batch of n records is written. Returns the number of records in the file. A continuation ends at
+    its first token of ``stop_token_ids`` (kept), as decoding with those stop tokens would.
     """
     check_sizes(new_tokens=new_tokens, batch_size=batch_size)
     rows_all = prefixes.tolist() if isinstance(prefixes, torch.Tensor) else [list(p) for p in prefixes]
@@ -136,6 +138,8 @@ def write_self_generated_corpus(
             rows = rows_all[first : first + batch_size]
             continuations = generate_batch(model, rows, new_tokens)
             for offset, (prefix, new) in enumerate(zip(rows, continuations.tolist())):
+                stops = [i for i, token in enumerate(new) if token in stop_token_ids]
+                new = new[: stops[0] + 1] if stops else new
                 text = tokenizer.decode(prefix + new, skip_special_tokens=False)
                 record = {text_field: text, "prefix_tokens": len(prefix), "index": first + offset}
                 handle.write(json.dumps(record) + "\n")
