@@ -50,6 +50,9 @@ class DraftConfig:
     draft: str = "model"
     prompt_lookup_max_ngram: int = 3
     prompt_lookup_min_ngram: int = 1
+    #: longest lookup draft (transformers' ``prompt_lookup_num_tokens``); None: ``num_speculations``.
+    #: With ``prompt_lookup+model`` the lookup may draft long copies while the model drafts ``k``.
+    prompt_lookup_num_tokens: int | None = None
 
     @property
     def uses_model(self) -> bool:
@@ -180,6 +183,9 @@ def validate(config: DraftConfig, num_layers: int, speculative: bool) -> None:
     low, high = config.prompt_lookup_min_ngram, config.prompt_lookup_max_ngram
     if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high):
         raise LayerskipError(f"--prompt_lookup_min_ngram {low} and --prompt_lookup_max_ngram {high}: need 1 <= min <= max")
+    lookup_k = config.prompt_lookup_num_tokens
+    if lookup_k is not None and (isinstance(lookup_k, bool) or not isinstance(lookup_k, int) or lookup_k < 1 or config.draft == "model"):
+        raise LayerskipError(f"--prompt_lookup_num_tokens {lookup_k}: needs an integer >= 1 and --draft prompt_lookup or prompt_lookup+model")
     if config.draft == "prompt_lookup" and (config.draft_adapter is not None or config.draft_vocab is not None):
         raise LayerskipError("--draft prompt_lookup drafts without the model: --draft_adapter and --draft_vocab need --draft model or prompt_lookup+model")
 
@@ -189,7 +195,8 @@ def build_drafter(config: DraftConfig, num_layers: int, seed: int = 0) -> Drafte
     config = config.with_defaults()
     k = config.num_speculations or 1
     if config.draft != "model":
-        lookup = PromptLookupDrafter(k, config.prompt_lookup_max_ngram, config.prompt_lookup_min_ngram)
+        lookup = PromptLookupDrafter(config.prompt_lookup_num_tokens or k, config.prompt_lookup_max_ngram,
+                                     config.prompt_lookup_min_ngram)
         if not config.uses_model:
             return lookup
         return LookupOrModelDrafter(lookup, build_drafter(replace(config, draft="model"), num_layers, seed))

@@ -11,7 +11,7 @@ A spec is written ``[hf:]NAME[:key=value,...]`` with keys from ``DraftConfig`` (
 ``num_speculations``/``k``, ``criteria``, ``threshold``, ``patience``, ``skip_attn=1+3``,
 ``skip_mlp=2``, ``layer_skip_proportion``, ``draft_length``, ``confidence_threshold``,
 ``draft=prompt_lookup`` or ``draft=prompt_lookup+model``, ``prompt_lookup_max_ngram``,
-``prompt_lookup_min_ngram``, ``draft_adapter``, ``draft_vocab``, or ``draft_config=FILE``). The
+``prompt_lookup_min_ngram``, ``prompt_lookup_num_tokens``, ``draft_adapter``, ``draft_vocab``, or ``draft_config=FILE``). The
 ``hf:`` prefix runs transformers' ``generate`` on the same checkpoint: plain, or with
 ``assistant_early_exit=E`` and ``num_assistant_tokens=k``.
 """

@@ -151,3 +151,27 @@ def test_an_unfetched_name_says_how_to_fetch_it(capsys):
 def test_an_unknown_name_lists_the_known_ones(capsys):
     assert main(["fetch", "no-such-model"]) == 1
     assert NAME in capsys.readouterr().err
+
+
+def test_the_package_ships_a_loadable_adapter_for_smollm2():
+    """What `layerskip fetch smollm2-135m-instruct` installs: an adapter whose files agree with its
+    config (<= 16 MB), its draft vocabulary, a card, and settings naming it (relative to the checkpoint)."""
+    from safetensors import safe_open
+
+    from layerskip.adapter import read_adapter_config
+    from layerskip.draft_config import DraftConfig
+    from layerskip.draft_head import RANKING_FILE
+    from layerskip.fetch import ADAPTER_DIR, SHIPPED_ADAPTERS
+
+    shipped = SHIPPED_ADAPTERS / NAME
+    config = read_adapter_config(shipped)
+    assert config.base_name == NAME and config.architecture == "decoder_layer" and 1 <= config.exit_layer < 30
+    with safe_open(str(shipped / "adapter.safetensors"), framework="pt") as handle:
+        shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    assert shapes["block.mlp.gate_proj.weight"] == (config.intermediate_size, 576)
+    assert shapes["block.self_attn.k_proj.weight"] == (192, 576)  # SmolLM2: 3 KV heads of 64
+    assert sum((p.stat().st_size for p in shipped.iterdir()), 0) <= 16 * 2**20
+    assert (shipped / RANKING_FILE).exists() and "acceptance" in (shipped / "MODEL_CARD.md").read_text()
+    recommended = json.loads((shipped / "layerskip.json").read_text())["recommended"]
+    assert recommended["draft_adapter"] == ADAPTER_DIR
+    assert DraftConfig.from_dict(recommended).draft_adapter == ADAPTER_DIR  # every key is a draft setting

@@ -135,6 +135,17 @@ def test_greedy_prompt_lookup_equals_autoregressive(tiny_model, draft, exit_laye
         assert s.drafted_tokens > s.lookup_drafted_tokens and s.exit_layer == exit_layer  # the model drafted too
 
 
+def test_lookup_drafts_its_own_length_while_the_model_drafts_k(tiny_model):
+    """prompt_lookup_num_tokens: long lookup copies, short model drafts, output unchanged."""
+    config = GenerationConfig(max_steps=40, sampling=GREEDY)
+    expected = generate(tiny_model, PROMPT, config).token_ids
+    draft = DraftConfig(2, 2, draft="prompt_lookup+model", prompt_lookup_num_tokens=6)
+    decoding = Strategy("layerskip", "self_speculative", draft).decoding(tiny_model.num_layers)
+    assert (decoding.drafter.lookup.max_tokens, decoding.drafter.model.max_tokens, decoding.drafter.max_tokens) == (6, 2, 6)
+    got = generate(tiny_model, PROMPT, config, decoding)
+    assert got.token_ids == expected and got.stats.lookup_drafted_tokens > 0
+
+
 def test_greedy_prompt_lookup_composes_with_layerwise_drafts_and_no_repeat_ngram(tiny_model):
     for sampling in (GREEDY, SamplingConfig(sample=False, no_repeat_ngram_size=3)):
         config = GenerationConfig(max_steps=40, sampling=sampling)
@@ -242,6 +253,8 @@ def test_cli_correctness_and_benchmark_with_prompt_lookup(tiny_dir, tmp_path, ca
     (["--draft", "prompt_lookup", "--prompt_lookup_min_ngram", "0"], "need 1 <= min <= max"),
     (["--draft", "prompt_lookup", "--prompt_lookup_min_ngram", "4", "--prompt_lookup_max_ngram", "2"], "need 1 <= min <= max"),
     (["--draft", "lookup"], "invalid choice"),
+    (["--exit_layer", "1", "--prompt_lookup_num_tokens", "4"], "needs an integer >= 1 and --draft prompt_lookup"),
+    (["--draft", "prompt_lookup", "--prompt_lookup_num_tokens", "0"], "--prompt_lookup_num_tokens 0"),
     (["--draft", "prompt_lookup", "--generation_strategy", "autoregressive"], "is a draft strategy"),
 ])
 def test_cli_prompt_lookup_bad_input_is_one_line(tiny_dir, extra, needle):

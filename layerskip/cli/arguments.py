@@ -146,6 +146,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
              "recommends none); prompt_lookup+model: the lookup when it matches, the model's draft otherwise")
     add(drafts, "prompt_lookup_max_ngram", type=int, default=None, help="prompt lookup: longest n-gram matched first (default: 3)")
     add(drafts, "prompt_lookup_min_ngram", type=int, default=None, help="prompt lookup: shortest n-gram tried (default: 1)")
+    add(drafts, "prompt_lookup_num_tokens", type=int, default=None,
+        help="prompt lookup: longest lookup draft (default: --num_speculations); with prompt_lookup+model the model "
+             "still drafts --num_speculations")
     add(drafts, "draft_config", default=None, help="a draft configuration JSON (from layerskip tune); flags override it")
     add(drafts, "draft_adapter", default=None,
         help="a trained draft adapter directory (layerskip train-adapter): draft = layers 0..E-1 + adapter + shared head")

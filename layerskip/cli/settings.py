@@ -63,7 +63,8 @@ def draft_config(args: argparse.Namespace, recommended: dict | None = None, spec
         low=args.criteria_low, layer_skip_proportion=args.layer_skip_proportion, draft_length=args.draft_length,
         confidence_threshold=args.confidence_threshold, draft_adapter=args.draft_adapter,
         draft_vocab=args.draft_vocab, draft=args.draft, prompt_lookup_max_ngram=args.prompt_lookup_max_ngram,
-        prompt_lookup_min_ngram=args.prompt_lookup_min_ngram, **skips,
+        prompt_lookup_min_ngram=args.prompt_lookup_min_ngram,
+        prompt_lookup_num_tokens=getattr(args, "prompt_lookup_num_tokens", None), **skips,
     )
 
 
