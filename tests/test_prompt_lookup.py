@@ -253,7 +253,7 @@ def test_cli_correctness_and_benchmark_with_prompt_lookup(tiny_dir, tmp_path, ca
     (["--draft", "prompt_lookup", "--prompt_lookup_min_ngram", "0"], "need 1 <= min <= max"),
     (["--draft", "prompt_lookup", "--prompt_lookup_min_ngram", "4", "--prompt_lookup_max_ngram", "2"], "need 1 <= min <= max"),
     (["--draft", "lookup"], "invalid choice"),
-    (["--exit_layer", "1", "--prompt_lookup_num_tokens", "4"], "needs an integer >= 1 and --draft prompt_lookup"),
+    (["--exit_layer", "1", "--num_speculations", "2", "--prompt_lookup_num_tokens", "4"], "needs an integer >= 1 and --draft prompt_lookup"),
     (["--draft", "prompt_lookup", "--prompt_lookup_num_tokens", "0"], "--prompt_lookup_num_tokens 0"),
     (["--draft", "prompt_lookup", "--generation_strategy", "autoregressive"], "is a draft strategy"),
 ])
