@@ -84,7 +84,7 @@ def main() -> int:
         for run in order:
             run(problem["prompt"])
     rates = {k: n / t for k, (n, t) in totals.items()}
-    print(f"| engine | tokens | seconds | tok/s |\n| --- | ---: | ---: | ---: |")
+    print("| engine | tokens | seconds | tok/s |\n| --- | ---: | ---: | ---: |")
     for name, (n, t) in totals.items():
         print(f"| {name} ({gguf.name if name == 'llama.cpp' else str(loaded.model.dtype).removeprefix('torch.')}) "
               f"| {n} | {t:.2f} | {rates[name]:.1f} |")
