@@ -220,18 +220,20 @@ def test_prompt_lookup_composes_with_an_adapter(trained, tiny_dir, capsys):
 def test_feature_shards_follow_the_text_they_were_computed_from(tiny_model, tmp_path):
     """A shard is reused only for the same token ids: changed text (a corpus file that grew or was
     replaced) recomputes it, the others are kept as they are."""
-    from layerskip.training.adapter_features import FeatureSpec, extract_features, load_features, shard_path
+    from layerskip.training.adapter_features import (FeatureSpec, extract_features, load_features, shard_digest,
+                                                     shard_path, windows_digest)
 
     spec = FeatureSpec(base_fingerprint(tiny_model), 2, 8, 4, "test")
     windows = torch.randint(0, tiny_model.config.vocab_size, (4, 8), generator=torch.Generator().manual_seed(0))
     assert extract_features(tiny_model, windows, tmp_path, spec, shard_size=2) == 2
     first = load_features(tmp_path, 2)
-    stamps = [shard_path(tmp_path, i).stat().st_mtime_ns for i in range(2)]
+    files = [shard_path(tmp_path, i).stat().st_ino for i in range(2)]  # a rewrite renames a new file in
     changed = windows.clone()
     changed[3, 0] = (changed[3, 0] + 1) % tiny_model.config.vocab_size
     extract_features(tiny_model, changed, tmp_path, spec, shard_size=2)
-    assert shard_path(tmp_path, 0).stat().st_mtime_ns == stamps[0]  # same windows: reused
-    assert shard_path(tmp_path, 1).stat().st_mtime_ns != stamps[1]  # other windows: recomputed
+    assert shard_path(tmp_path, 0).stat().st_ino == files[0]  # same windows: reused
+    assert shard_path(tmp_path, 1).stat().st_ino != files[1]  # other windows: recomputed
+    assert shard_digest(shard_path(tmp_path, 1)) == windows_digest(changed[2:])
     second = load_features(tmp_path, 2)
     assert torch.equal(second["hidden"][:3], first["hidden"][:3])
     assert not torch.equal(second["hidden"][3, 0], first["hidden"][3, 0])

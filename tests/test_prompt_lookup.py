@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import random
 
 import pytest
@@ -235,6 +236,23 @@ def test_cli_prompt_lookup_needs_no_exit_layer(tiny_dir, capsys):
                  "--prompt_lookup_max_ngram", "2", "--json", "--dtype", "float32"]) == 0
     stats = json.loads(capsys.readouterr().out)["stats"]
     assert stats["num_speculations"] == 10 and stats["exit_layer"] is None and stats["lookup_rounds"] is not None
+
+
+def test_draft_model_flag_drops_the_recommended_lookup_length(tiny_dir, tmp_path, capsys):
+    """A recommendation of lookup (<= 6 tokens) + the model's exit-2 draft: used as a whole by
+    default; --draft model keeps its exit and k and drops the lookup length instead of failing."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    (model / "layerskip.json").write_text(json.dumps({"recommended": {
+        "draft": "prompt_lookup+model", "exit_layer": 2, "num_speculations": 2, "prompt_lookup_num_tokens": 6}}))
+    base = ["generate", "--model", str(model), "--prompt", "def f(x): return f(x)", "--max_steps", "12", "--sample",
+            "False", "--generation_strategy", "self_speculative", "--json", "--dtype", "float32"]
+    assert main(base) == 0
+    recommended = json.loads(capsys.readouterr().out)["stats"]
+    assert main([*base, "--draft", "model"]) == 0
+    model_only = json.loads(capsys.readouterr().out)["stats"]
+    assert recommended["lookup_rounds"] is not None and model_only["lookup_rounds"] is None
+    assert (model_only["exit_layer"], model_only["num_speculations"]) == (2, 2)
 
 
 def test_cli_correctness_and_benchmark_with_prompt_lookup(tiny_dir, tmp_path, capsys):

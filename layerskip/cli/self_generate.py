@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     stop_ids = frozenset(loaded.model.config.eos_token_ids) if args.stop_at_eos else frozenset()
     done = min(claim_output(output, fingerprint), len(rows))
     with tqdm(total=len(rows), initial=done, unit="seq", disable=args.no_progress) as bar:
-        total = write_self_generated_corpus(loaded.model, loaded.tokenizer, prefixes, output, args.new_tokens,
+        total = write_self_generated_corpus(loaded.model, loaded.tokenizer, rows, output, args.new_tokens,
                                             args.batch_size, args.text_field, on_batch=bar.update,
                                             stop_token_ids=stop_ids)
     print(f"{output}: {total} sequences")
