@@ -65,7 +65,7 @@ def weight_bytes(model: LlamaForCausalLM) -> int:
 def step_time(model: LlamaForCausalLM, tokens: int, last: int, context: int, repeats: int, inner: int) -> float:
     """Seconds of one step of ``tokens`` new tokens through layers ``0..last-1`` and the LM head,
     after ``context`` cached tokens (the cache is rolled back after each call)."""
-    cache = KVCache(model.config, 1, context + tokens, model.device, model.dtype)
+    cache = KVCache(model.config, 1, context + tokens, model.device, model.attention_dtype)
     ids = torch.zeros(1, context, dtype=torch.long, device=model.device)
     model.run_layers(model.embed(ids), 0, model.num_layers, cache, 0)
     cache.commit(context)

@@ -63,8 +63,13 @@ class Int8Linear(nn.Module):
 
 
 def packs(weight: torch.Tensor) -> bool:
-    """Whether ``weight`` gets the oneDNN prepacked kernel: float32 on a CPU with oneDNN."""
-    return weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    """Whether ``weight`` gets the oneDNN prepacked kernel: float32 on a CPU with oneDNN, or bfloat16
+    where oneDNN has native bf16 kernels (AVX-512 BF16 or AMX; it refuses to pack bf16 elsewhere)."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if weight.dtype == torch.float32:
+        return True
+    return weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class PackedLinear(nn.Module):
@@ -105,12 +110,18 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, quantize: str =
 class FusedLinear(nn.Module):
     """Several linear maps of the same input as one matmul over row-concatenated weights.
 
-    x ``[..., in]`` -> a tuple of ``[..., out_i]`` views, one per fused layer, in order.
+    x ``[..., in]`` -> a tuple of views of the one result, one per fused layer in order, or one per
+    group of adjacent layers: ``groups=(2, 1)`` over q, k, v gives ``([..., q+k], [..., v])``.
     """
 
-    def __init__(self, parts: Sequence[nn.Linear], quantize: str = "none", pack: bool = True) -> None:
+    def __init__(self, parts: Sequence[nn.Linear], quantize: str = "none", pack: bool = True,
+                 groups: Sequence[int] | None = None) -> None:
         super().__init__()
-        self.sizes = [p.out_features for p in parts]
+        counts = list(groups or [1] * len(parts))
+        if sum(counts) != len(parts):
+            raise ValueError(f"groups {counts} do not cover {len(parts)} layers")
+        bounds = [sum(counts[:i]) for i in range(len(counts) + 1)]
+        self.sizes = [sum(p.out_features for p in parts[a:b]) for a, b in zip(bounds, bounds[1:])]
         weight = torch.cat([p.weight for p in parts])
         biases = [p.bias for p in parts]
         bias = None if biases[0] is None else torch.cat(biases)  # type: ignore[arg-type]
@@ -136,7 +147,7 @@ def prepare_for_inference(model: nn.Module, quantize: str = "none", pack: bool =
     with torch.no_grad():
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            attn.qkv_proj = FusedLinear([attn.q_proj, attn.k_proj, attn.v_proj], quantize, pack)
+            attn.qkv_proj = FusedLinear([attn.q_proj, attn.k_proj, attn.v_proj], quantize, pack, groups=(2, 1))
             mlp.gate_up_proj = FusedLinear([mlp.gate_proj, mlp.up_proj], quantize, pack)
             del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
             attn.o_proj = make_linear(attn.o_proj.weight, attn.o_proj.bias, quantize, pack)

@@ -147,7 +147,7 @@ def generate_batch(model: LlamaForCausalLM, prompts: Sequence[Sequence[int]] | t
     check_fits(model, length, max_steps, batch_size=batch)
     pad = torch.tensor([length - len(r) for r in rows])
     ids = torch.tensor([[0] * (length - len(r)) + r for r in rows], device=model.device)
-    cache = KVCache(model.config, batch, length + max_steps, model.device, model.dtype, pad)
+    cache = KVCache(model.config, batch, length + max_steps, model.device, model.attention_dtype, pad)
     hidden = model.run_layers(model.embed(ids), 0, model.num_layers, cache, 0)
     token = model.unembed(hidden[:, -1:]).argmax(-1)  # [batch, 1]
     out = [token]
@@ -187,7 +187,7 @@ def generate(
         generator.manual_seed(0 if config.seed is None else config.seed)
     max_draft = drafter.max_tokens if drafter else 0
     check_fits(model, len(prompt_ids), config.max_steps, max_draft + 1)
-    cache = KVCache(model.config, 1, len(prompt_ids) + config.max_steps + max_draft + 1, device, model.dtype)
+    cache = KVCache(model.config, 1, len(prompt_ids) + config.max_steps + max_draft + 1, device, model.attention_dtype)
     stop_ids = frozenset(config.stop_token_ids)
     stats = GenerationStats()
     if drafter is not None:

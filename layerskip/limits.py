@@ -14,7 +14,7 @@ from layerskip.model import LlamaForCausalLM
 def kv_cache_bytes(model: LlamaForCausalLM, positions: int, batch_size: int = 1) -> int:
     """Bytes of ``layerskip.cache.KVCache`` keys and values for ``positions`` slots."""
     c = model.config
-    per_position = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * model.dtype.itemsize
+    per_position = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * model.attention_dtype.itemsize
     return per_position * positions * batch_size
 
 

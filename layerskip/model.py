@@ -47,10 +47,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        """x ``[..., dim]`` -> ``[..., dim]``, normalised in float32 (one fused op)."""
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 class Attention(nn.Module):
@@ -64,17 +62,25 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
         self.qkv_proj: nn.Module | None = None  # set by layerskip.fast_linear.prepare_for_inference
 
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x ``[batch, T, dim]`` -> q ``[batch, T, heads*head_dim]``, k and v ``[batch, T, kv_heads*head_dim]``."""
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ``[batch, T, dim]`` -> qk ``[batch, T, (heads + kv_heads) * head_dim]`` (queries then keys,
+        rotated together) and v ``[batch, T, kv_heads * head_dim]``."""
         if self.qkv_proj is not None:
             return self.qkv_proj(x)
-        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return torch.cat([self.q_proj(x), self.k_proj(x)], dim=-1), self.v_proj(x)
 
-    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k and v of ``project`` (the fused kernel computes q too and drops it)."""
-        if self.qkv_proj is not None:
-            return self.qkv_proj(x)[1:]
-        return self.k_proj(x), self.v_proj(x)
+    def rotated_qkv(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x ``[batch, T, dim]`` -> q ``[batch, heads, T, head_dim]``, k and v ``[batch, kv_heads, T,
+        head_dim]``, rotated at cos/sin ``[batch, T, 1, head_dim]`` and in their dtype (the attention
+        dtype, ``LlamaForCausalLM.attention_dtype``)."""
+        b, t, _ = x.shape
+        qk, v = self.project(x)
+        qk = apply_rotary(qk.to(cos.dtype).view(b, t, self.n_heads + self.n_kv, self.head_dim), cos, sin)
+        q = qk[:, :, : self.n_heads].transpose(1, 2)
+        k = qk[:, :, self.n_heads :].transpose(1, 2)
+        return q, k, v.to(cos.dtype).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
 
     def forward(
         self,
@@ -89,11 +95,7 @@ class Attention(nn.Module):
         """x ``[batch, T, dim]`` -> ``[batch, T, dim]``; K/V written to ``cache`` at ``slots`` ``[T]``,
         attention over its whole buffer under ``mask`` ``[batch, 1, T, capacity]``."""
         b, t, _ = x.shape
-        q, k, v = self.project(x)
-        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = self.rotated_qkv(x, cos, sin)
         if cache is not None:
             k, v = cache.write(layer, slots, k, v)
             causal = False
@@ -101,7 +103,7 @@ class Attention(nn.Module):
             causal = mask is None and t > 1
         gqa = self.n_heads != self.n_kv
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim).to(x.dtype))
 
 
 class MLP(nn.Module):
@@ -187,10 +189,18 @@ class LlamaForCausalLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
 
+    @property
+    def attention_dtype(self) -> torch.dtype:
+        """The dtype of rotary embedding, attention and the KV cache: float32 on a CPU (its 16-bit
+        ``scaled_dot_product_attention`` is 3-10x slower than float32 for the one-token queries of
+        decoding, BENCHMARKS.md, and the cache is a few percent of the bytes a step reads), else the
+        model dtype."""
+        return torch.float32 if self.device.type == "cpu" else self.dtype
+
     def rotary(self) -> RotaryTable:
         table = self._rotary
-        if table is None or table.dtype != self.dtype or table.inv_freq.device != self.device:
-            table = self._rotary = RotaryTable(self.config, self.device, self.dtype)
+        if table is None or table.dtype != self.attention_dtype or table.inv_freq.device != self.device:
+            table = self._rotary = RotaryTable(self.config, self.device, self.attention_dtype)
         return table
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -228,7 +238,7 @@ class LlamaForCausalLM(nn.Module):
         self, cache: KVCache | None, start: int, t: int, batch: int
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """What a forward over T tokens from slot ``start`` needs: slot indices ``[T]``, rotary cos/sin
-        ``[batch, 1, T, head_dim]`` at each row's positions ``[batch, T]``, and the attention mask
+        ``[batch, T, 1, head_dim]`` at each row's positions ``[batch, T]``, and the attention mask
         ``[batch, 1, T, capacity]`` (``layerskip.cache.KVCache``). Without a cache: positions
         ``start..`` in every row, no slots and no mask (causal attention over the T tokens)."""
         if cache is None:
@@ -249,12 +259,8 @@ class LlamaForCausalLM(nn.Module):
         slots, cos, sin, _ = self.slot_inputs(cache, start, t, b)
         for i in range(first, last):
             layer = self.model.layers[i]
-            attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            k, v = attn.project_kv(x)
-            k = k.view(b, t, attn.n_kv, attn.head_dim).transpose(1, 2)
-            v = v.view(b, t, attn.n_kv, attn.head_dim).transpose(1, 2)
-            cache.write(i, slots, apply_rotary(k, cos, sin), v)
+            _, k, v = layer.self_attn.rotated_qkv(layer.input_layernorm(hidden), cos, sin)
+            cache.write(i, slots, k, v)
 
     def forward(
         self,

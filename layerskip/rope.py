@@ -52,24 +52,23 @@ class RotaryTable:
         capacity = max(capacity, 2 * self.cos.shape[0], 256)
         pos = torch.arange(capacity, device=self.inv_freq.device, dtype=torch.float32)
         angles = torch.outer(pos, self.inv_freq)
-        emb = torch.cat([angles, angles], dim=-1)
-        self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        self.cos = torch.cat([angles, angles], dim=-1).cos().to(self.dtype)
+        # the sign of rotate_half folded into the table: rotate_half(x) * sin == x.roll(half) * sin_signed
+        self.sin = torch.cat([-angles.sin(), angles.sin()], dim=-1).to(self.dtype)
 
     def cos_sin(self, positions: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions ``[batch, seq]``, all below ``limit`` -> cos, sin ``[batch, 1, seq, head_dim]``.
+        """positions ``[batch, seq]``, all below ``limit`` -> cos and sign-folded sin ``[batch, seq, 1,
+        head_dim]`` (broadcast over the heads of ``[batch, seq, heads, head_dim]``).
 
         ``limit`` is known on the host, so growing the table never needs a device sync.
         """
         if limit > self.cos.shape[0]:
             self._grow(limit)
-        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x ``[batch, heads, seq, head_dim]`` rotated by cos/sin ``[batch, 1, seq, head_dim]``."""
-    return x * cos + rotate_half(x) * sin
+    """x ``[batch, seq, heads, head_dim]`` rotated by cos and sign-folded sin ``[batch, seq, 1,
+    head_dim]`` (``RotaryTable.cos_sin``): Llama's ``x * cos + rotate_half(x) * sin``, bit for bit,
+    in four ops instead of seven."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin

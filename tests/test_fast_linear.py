@@ -25,7 +25,35 @@ def test_fused_float32_equals_separate_projections(tokens: int) -> None:
         torch.testing.assert_close(out, layer(x), rtol=1e-6, atol=1e-6)
 
 
+def test_grouped_fusion_returns_one_view_per_group() -> None:
+    torch.manual_seed(0)
+    parts = [torch.nn.Linear(32, n, bias=False) for n in (32, 16, 16)]
+    x = torch.randn(1, 3, 32)
+    qk, v = FusedLinear(parts, groups=(2, 1))(x)
+    torch.testing.assert_close(qk, torch.cat([parts[0](x), parts[1](x)], -1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(v, parts[2](x), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="groups"):
+        FusedLinear(parts, groups=(2, 2))
+
+
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not in this torch build")
+needs_onednn_bf16 = pytest.mark.skipif(
+    not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    reason="this CPU has no native bf16 (oneDNN packs bf16 only with AVX-512 BF16 or AMX)",
+)
+
+
+@needs_onednn_bf16
+def test_packed_bfloat16_linear_matches_f_linear_and_rows_are_independent() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(96, 200, bias=False).to(torch.bfloat16)
+    packed = PackedLinear(layer.weight, None)
+    x = torch.randn(1, 9, 96, dtype=torch.bfloat16)
+    together = packed(x)
+    assert together.dtype == torch.bfloat16
+    torch.testing.assert_close(together.float(), layer(x).float(), rtol=2e-2, atol=2e-2)
+    for i in range(9):
+        assert torch.equal(packed(x[:, i : i + 1]), together[:, i : i + 1])
 
 
 @needs_onednn
@@ -54,6 +82,20 @@ def test_prepared_float32_model_runs_packed_kernels_and_keeps_the_head_weight(ti
     assert tied == model.config.tie_word_embeddings  # the head keeps its weight (the draft heads copy rows of it)
     assert not hasattr(layer.mlp.down_proj, "weight")  # projections keep only the packed copy
     assert model.dtype == torch.float32
+
+
+def test_bfloat16_model_on_cpu_attends_in_float32_and_follows_its_float32_logits(tiny_dir) -> None:
+    """16-bit models keep their weights 16-bit but rotate, cache and attend in float32 on a CPU."""
+    reference = load_model(tiny_dir, torch.device("cpu"), torch.float32)
+    model = prepare_for_inference(load_model(tiny_dir, torch.device("cpu"), torch.bfloat16))
+    assert model.dtype == torch.bfloat16 and model.attention_dtype == torch.float32
+    assert isinstance(model.lm_head, PackedLinear) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    tokens = torch.tensor([[0, 17, 42, 99, 7, 3]])
+    logits = model(tokens)
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), reference(tokens), rtol=0.05, atol=0.05)
+    out = generate(model, [0, 17, 42], GenerationConfig(max_steps=8, sampling=GREEDY))
+    assert len(out.token_ids) == 8
 
 
 def test_int8_linear_is_its_dequantized_weight() -> None:

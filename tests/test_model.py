@@ -74,3 +74,20 @@ def test_left_padding_matches_unpadded_rows(tiny_model) -> None:
         cache = KVCache(model.config, 2, 8, "cpu", torch.float32, pad)
         batched = model.unembed(model.run_layers(model.embed(padded), 0, model.num_layers, cache, 0))
     torch.testing.assert_close(batched[0, 2:], alone[0], atol=2e-5, rtol=1e-4)
+
+
+def test_rotary_with_sign_folded_sin_is_llamas_rotate_half_bit_for_bit() -> None:
+    from layerskip.config import ModelConfig
+    from layerskip.rope import RotaryTable, apply_rotary
+
+    config = ModelConfig.from_dict({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+                                    "intermediate_size": 32, "vocab_size": 10})
+    table = RotaryTable(config, torch.device("cpu"), torch.float32)
+    positions = torch.tensor([[0, 3, 17, 200]])
+    cos, sin = table.cos_sin(positions, 201)
+    x = torch.randn(1, 4, 4, 16, generator=torch.Generator().manual_seed(0))  # [batch, seq, heads, head_dim]
+    angles = positions[0, :, None].float() * table.inv_freq[None]
+    ref_cos, ref_sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    rotate_half = torch.cat([-x[..., 8:], x[..., :8]], -1)
+    expected = x * ref_cos[None, :, None] + rotate_half * ref_sin[None, :, None]
+    assert torch.equal(apply_rotary(x, cos, sin), expected)
