@@ -125,8 +125,17 @@ class DraftConfig:
             raise LayerskipError(f"{source}: {exc}") from None
 
     def merged(self, **overrides: Any) -> "DraftConfig":
-        """This config with the given (non-None) values replacing its own."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        """This config with the given (non-None) values replacing its own. A new ``draft`` kind drops
+        the settings of this config that kind cannot use (a recommendation's lookup length under
+        ``draft=model``, its adapter and draft vocabulary under ``draft=prompt_lookup``); the same
+        settings given in ``overrides`` are kept, and refused by ``validate`` if they conflict."""
+        values = {k: v for k, v in overrides.items() if v is not None}
+        base = self
+        if values.get("draft") == "model":
+            base = replace(base, prompt_lookup_num_tokens=None)
+        elif values.get("draft") == "prompt_lookup":
+            base = replace(base, draft_adapter=None, draft_vocab=None)
+        return replace(base, **values)
 
 
 def parse_skip_layers(value: Any, source: str = "--skip_layers") -> dict[str, tuple[int, ...]]:

@@ -14,7 +14,7 @@ from helpers import assert_one_line_error, dampen_layers, run_cli
 from test_sampling import chi2, chi2_critical
 
 from layerskip.cli import main
-from layerskip.draft_config import DraftConfig, build_drafter, load_draft_config
+from layerskip.draft_config import DraftConfig, build_drafter, load_draft_config, validate
 from layerskip.drafting import Draft, Drafter, DraftReport, EarlyExitDrafter
 from layerskip.errors import LayerskipError
 from layerskip.generation import Decoding, GenerationConfig, generate
@@ -253,6 +253,22 @@ def test_draft_model_flag_drops_the_recommended_lookup_length(tiny_dir, tmp_path
     model_only = json.loads(capsys.readouterr().out)["stats"]
     assert recommended["lookup_rounds"] is not None and model_only["lookup_rounds"] is None
     assert (model_only["exit_layer"], model_only["num_speculations"]) == (2, 2)
+
+
+def test_a_new_draft_kind_drops_the_recommendations_settings_it_cannot_use():
+    """The same rule for flags and --compare specs: a recommendation of lookup + an adapter draft with
+    a draft vocabulary, overridden by draft=prompt_lookup (no model draft) or draft=model (no lookup)."""
+    recommended = DraftConfig(draft="prompt_lookup+model", exit_layer=2, num_speculations=2, draft_adapter="a",
+                              draft_vocab=64, prompt_lookup_num_tokens=6)
+    lookup = Strategy.parse("self_speculative:draft=prompt_lookup,k=8", recommended).draft
+    assert (lookup.draft_adapter, lookup.draft_vocab, lookup.num_speculations) == (None, None, 8)
+    assert lookup.prompt_lookup_num_tokens == 6
+    model = Strategy.parse("self_speculative:draft=model", recommended).draft
+    assert (model.prompt_lookup_num_tokens, model.draft_adapter, model.draft_vocab) == (None, "a", 64)
+    explicit = recommended.merged(draft="prompt_lookup", draft_vocab=32)
+    assert explicit.draft_vocab == 32  # given with the new kind: kept, and refused by validation
+    with pytest.raises(LayerskipError, match="drafts without the model"):
+        validate(explicit, 4, True)
 
 
 def test_cli_correctness_and_benchmark_with_prompt_lookup(tiny_dir, tmp_path, capsys):

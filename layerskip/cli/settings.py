@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 from layerskip.draft_config import DraftConfig, load_draft_config, parse_skip_layers
 from layerskip.errors import LayerskipError
@@ -58,8 +57,6 @@ def draft_config(args: argparse.Namespace, recommended: dict | None = None, spec
     exit_layer = None if args.exit_layer == -1 else args.exit_layer  # upstream's -1: unset (other negatives
     k = None if args.num_speculations == -1 else args.num_speculations  # are refused by check_arguments)
     skips = parse_skip_layers(args.skip_layers) if getattr(args, "skip_layers", None) else {}
-    if args.draft == "model":  # drafting by the model alone: a lookup length the base carries does not apply
-        base = replace(base, prompt_lookup_num_tokens=None)
     return base.merged(
         exit_layer=exit_layer, num_speculations=k, criteria=args.criteria, threshold=args.criteria_threshold,
         patience=args.criteria_patience, temperature=args.criteria_temperature, high=args.criteria_high,
