@@ -71,18 +71,34 @@ def cpu_runs_bf16_well() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 where the hardware runs it well, else float32.
+#: float32 weight bytes per decoder layer from which a bf16 step is faster on a native-bf16 CPU
+BF16_MIN_LAYER_BYTES = 8 * 2**20
 
-    A rule, not a timing at load (deterministic, no start-up cost): on a CPU without AVX-512 BF16 or
-    AMX, bf16 ``F.linear`` converts the weight on every call and measured 2-3x slower than float32
-    per projection at 1..9 tokens (2-core AVX2 EPYC, SmolLM2-135M, ``benchmarks/roofline.py``), so
-    halving the bytes read does not pay; with native bf16 the step is memory bound and bf16 wins.
+
+def layer_weight_bytes(config: ModelConfig) -> int:
+    """Float32 bytes of one decoder layer's projections (what a decoding step streams per layer)."""
+    q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    return 4 * config.hidden_size * (2 * q + 2 * kv + 3 * config.intermediate_size)
+
+
+def resolve_dtype(name: str, device: torch.device, config: ModelConfig | None = None) -> torch.dtype:
+    """``auto``: bfloat16 where it is faster for this model on this hardware, else float32.
+
+    A rule from measurements, not a timing at load (deterministic, no start-up cost;
+    ``benchmarks/roofline.py``, BENCHMARKS.md "Engine speed"): on a CPU without AVX-512 BF16 or AMX,
+    bf16 linear layers convert the weight on every call and measured 2-3x slower than float32, so
+    halving the bytes read does not pay. With native bf16 (weights prepacked by oneDNN) a step reads
+    half the bytes but pays a fixed cost per layer (casts to the float32 attention, bf16 kernel
+    calls, ~0.1 ms per layer measured on a 2-core Zen 5): bf16 wins once a layer streams enough
+    bytes — SmolLM2-135M (13.5 MiB of float32 per layer) 13.6 vs 19 ms a step, the shipped 10M model
+    (2.8 MiB per layer) 4.5 vs 3.2 ms. The cut is ``BF16_MIN_LAYER_BYTES``; without a config the
+    hardware alone decides.
     """
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_runs_bf16_well() else torch.float32
+        big = config is None or layer_weight_bytes(config) >= BF16_MIN_LAYER_BYTES
+        return torch.bfloat16 if cpu_runs_bf16_well() and big else torch.float32
     if name not in DTYPES:
         raise LayerskipError(f"unknown dtype {name!r} (use auto, float32, bfloat16 or float16)")
     return DTYPES[name]
@@ -228,7 +244,7 @@ def load(model: str | None = None, device: str = "auto", dtype: str = "auto", qu
     if not model and not (path / "config.json").exists():
         raise LayerskipError(f"the shipped model is missing from {path}; pass --model")
     dev = resolve_device(device)
-    net = load_model(path, dev, resolve_dtype(dtype, dev))
+    net = load_model(path, dev, resolve_dtype(dtype, dev, ModelConfig.from_file(path / "config.json")))
     if prepare:
         prepare_for_inference(net, quantize)
     return LoadedModel(path, net, load_tokenizer(path), recommended_settings(path))

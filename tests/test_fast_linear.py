@@ -131,3 +131,23 @@ def test_int8_self_speculative_equals_its_autoregressive_output(tiny_dir) -> Non
 def test_unknown_quantization_is_one_error_line(tiny_dir) -> None:
     with pytest.raises(LayerskipError, match="--quantize"):
         load(str(tiny_dir), "cpu", "float32", "int4")
+
+
+def test_auto_dtype_is_bf16_only_for_layers_that_stream_enough_bytes(monkeypatch) -> None:
+    from layerskip import loading
+    from layerskip.config import ModelConfig
+
+    def config(hidden: int, inter: int) -> ModelConfig:
+        return ModelConfig.from_dict({"model_type": "llama", "hidden_size": hidden, "num_attention_heads": 9,
+                                      "num_key_value_heads": 3, "num_hidden_layers": 2, "intermediate_size": inter,
+                                      "vocab_size": 100})
+
+    small, large = config(288, 768), config(576, 1536)  # 2.8 and 13.5 MiB of float32 per layer
+    assert loading.layer_weight_bytes(large) == 4 * 576 * (2 * 576 + 2 * 192 + 3 * 1536)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loading, "cpu_runs_bf16_well", lambda: True)
+    assert loading.resolve_dtype("auto", cpu, large) == torch.bfloat16
+    assert loading.resolve_dtype("auto", cpu, small) == torch.float32
+    assert loading.resolve_dtype("float32", cpu, large) == torch.float32
+    monkeypatch.setattr(loading, "cpu_runs_bf16_well", lambda: False)
+    assert loading.resolve_dtype("auto", cpu, large) == torch.float32
