@@ -95,6 +95,8 @@ class Strategy:
                                  "[hf:]self_speculative[:exit_layer=E,num_speculations=k,...])")
         values: dict[str, Any] = {}
         base = defaults if head == "self_speculative" else DraftConfig()
+        if engine == "transformers":  # assistant_early_exit takes only the recommendation's exit and k
+            base = DraftConfig(exit_layer=base.exit_layer, num_speculations=base.num_speculations)
         for item in filter(None, tail.split(",")):
             key, sep, raw = item.partition("=")
             key = SHORT.get(key.strip().lower(), key.strip().lower())

@@ -265,6 +265,9 @@ def test_a_new_draft_kind_drops_the_recommendations_settings_it_cannot_use():
     assert lookup.prompt_lookup_num_tokens == 6
     model = Strategy.parse("self_speculative:draft=model", recommended).draft
     assert (model.prompt_lookup_num_tokens, model.draft_adapter, model.draft_vocab) == (None, "a", 64)
+    hf = Strategy.parse("hf:self_speculative", recommended)
+    assert hf.draft == DraftConfig(exit_layer=2, num_speculations=2)
+    hf.validate(4)
     explicit = recommended.merged(draft="prompt_lookup", draft_vocab=32)
     assert explicit.draft_vocab == 32  # given with the new kind: kept, and refused by validation
     with pytest.raises(LayerskipError, match="drafts without the model"):
