@@ -50,8 +50,9 @@ def walk_layers(
     view = None
     if criterion is not None:
         criterion.start_token(max_layer)
+    inputs = model.slot_inputs(cache, slot, 1, 1)  # one slot for every layer of the walk
     for layer in range(max_layer):
-        hidden = model.run_layers(hidden, layer, layer + 1, cache, slot, skip=skip)
+        hidden = model.run_layers(hidden, layer, layer + 1, cache, slot, skip=skip, inputs=inputs)
         states.append(hidden)
         if (layer in skip.attn or layer in skip.mlp) and exact_below > layer:
             exact_below = layer

@@ -39,6 +39,10 @@ class SkipSet:
 
 NO_SKIP = SkipSet()
 
+#: what a forward over T tokens at given cache slots needs (``LlamaForCausalLM.slot_inputs``): slot
+#: indices ``[T]``, rotary cos/sin ``[batch, T, 1, head_dim]``, attention mask ``[batch, 1, T, capacity]``
+SlotInputs = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
@@ -219,24 +223,24 @@ class LlamaForCausalLM(nn.Module):
         cache: KVCache | None = None,
         start: int = 0,
         skip: SkipSet = NO_SKIP,
+        inputs: SlotInputs | None = None,
     ) -> torch.Tensor:
         """Run decoder layers ``first..last-1`` on ``hidden`` = ``h_first`` ``[batch, T, dim]``.
 
         The T tokens sit at cache slots ``start..start+T-1`` of every row (rotary position = slot -
         the row's left padding ``cache.pad``). Without a cache the call is a plain causal forward
-        over the T tokens (training). Returns ``h_last`` ``[batch, T, dim]``.
+        over the T tokens (training). ``inputs``: ``slot_inputs(cache, start, T, batch)`` already
+        computed (a caller running one layer at a time). Returns ``h_last`` ``[batch, T, dim]``.
         """
         if not 0 <= first <= last <= self.num_layers:
             raise ValueError(f"layer range {first}..{last} outside 0..{self.num_layers}")
-        slots, cos, sin, mask = self.slot_inputs(cache, start, hidden.shape[1], hidden.shape[0])
+        slots, cos, sin, mask = inputs or self.slot_inputs(cache, start, hidden.shape[1], hidden.shape[0])
         layers = self.model.layers
         for i in range(first, last):
             hidden = layers[i](hidden, cos, sin, i, cache, slots, mask, i in skip.attn, i in skip.mlp)
         return hidden
 
-    def slot_inputs(
-        self, cache: KVCache | None, start: int, t: int, batch: int
-    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def slot_inputs(self, cache: KVCache | None, start: int, t: int, batch: int) -> SlotInputs:
         """What a forward over T tokens from slot ``start`` needs: slot indices ``[T]``, rotary cos/sin
         ``[batch, T, 1, head_dim]`` at each row's positions ``[batch, T]``, and the attention mask
         ``[batch, 1, T, capacity]`` (``layerskip.cache.KVCache``). Without a cache: positions

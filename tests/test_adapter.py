@@ -237,3 +237,20 @@ def test_feature_shards_follow_the_text_they_were_computed_from(tiny_model, tmp_
     second = load_features(tmp_path, 2)
     assert torch.equal(second["hidden"][:3], first["hidden"][:3])
     assert not torch.equal(second["hidden"][3, 0], first["hidden"][3, 0])
+
+
+def test_train_adapter_can_start_from_a_trained_adapter(trained, tiny_dir, tmp_path):
+    """--init_from: a warm start from a trained adapter (a learning rate of ~0 keeps its weights);
+    an adapter of another exit layer is refused before any feature is computed."""
+    config = json.loads((trained / "train_adapter_config.json").read_text())
+    config.update(output_dir=str(tmp_path / "warm"), steps=1, lr=1e-12, warmup=0, eval_prompts=0,
+                  init_from=str(trained / "adapter"))
+    AdapterTrainer(AdapterTrainConfig(**config)).run(progress=False)
+    start = load_file(str(trained / "adapter" / "adapter.safetensors"))
+    warm = load_file(str(tmp_path / "warm" / "adapter" / "adapter.safetensors"))
+    for name, value in start.items():
+        torch.testing.assert_close(warm[name], value, rtol=0, atol=1e-6)
+    config.update(output_dir=str(tmp_path / "other"), exit_layer=3)
+    with pytest.raises(LayerskipError, match="not a attention adapter at --exit_layer 3"):
+        AdapterTrainer(AdapterTrainConfig(**config))
+    assert not (tmp_path / "other").exists()

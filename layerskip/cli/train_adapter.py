@@ -15,6 +15,7 @@ HELP = {
     "text_field": "the text field of JSONL records",
     "architecture": "attention: Kangaroo's attention block; decoder_layer: attention + the base's MLP width",
     "init": "initialise the adapter from decoder layer E, from the last layer, or randomly",
+    "init_from": "start from this trained adapter directory of the same base, exit layer and architecture (overrides --init)",
     "max_tokens": "training tokens whose frozen features are extracted (the data budget)",
     "top_k": "target tokens kept per position from the full model's distribution",
     "draft_vocab": "train (and draft) over the N most frequent corpus tokens (FR-Spec); 0: the full vocabulary",

@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from layerskip.adapter import ARCHITECTURES, DraftAdapter, init_adapter, save_adapter
+from layerskip.adapter import ARCHITECTURES, DraftAdapter, init_adapter, load_adapter, read_adapter_config, save_adapter
 from layerskip.adapter_drafter import AdapterDrafter
 from layerskip.distributed import World, init_world
 from layerskip.jsonl import keep_records
@@ -61,6 +61,7 @@ class AdapterTrainConfig:
     output_dir: str = "./runs/adapter"
     architecture: str = "attention"
     init: str = "last"
+    init_from: str | None = None
     max_tokens: int = 262_144
     seq_len: int = 256
     top_k: int = 32
@@ -94,6 +95,11 @@ class AdapterTrainConfig:
             raise LayerskipError(f"--architecture must be one of {', '.join(ARCHITECTURES)}")
         if self.init not in INIT_CHOICES:
             raise LayerskipError(f"--init must be one of {', '.join(INIT_CHOICES)}")
+        if self.init_from is not None:
+            start = read_adapter_config(self.init_from)
+            if (start.exit_layer, start.architecture) != (self.exit_layer, self.architecture):
+                raise LayerskipError(f"--init_from {self.init_from} is a {start.architecture} adapter at exit "
+                                     f"{start.exit_layer}, not a {self.architecture} adapter at --exit_layer {self.exit_layer}")
 
 
 def _check_resumable(path: Path, config: AdapterTrainConfig) -> None:
@@ -237,6 +243,8 @@ class AdapterTrainer:
             raise LayerskipError(f"--exit_layer {cfg.exit_layer} outside 1..{model.num_layers - 1}")
         init_layer = {"exit": cfg.exit_layer, "last": model.num_layers - 1, "random": None}[cfg.init]
         adapter = init_adapter(model, cfg.exit_layer, cfg.architecture, init_layer, str(cfg.model or "layerskip-pycode"))
+        if cfg.init_from is not None:  # warm start: a trained adapter of this base (its fingerprint is checked)
+            adapter.load_state_dict(load_adapter(cfg.init_from, model).state_dict())
         prepare_for_inference(model)  # the base only runs inference from here on
         if cfg.draft_vocab >= model.config.vocab_size:
             raise LayerskipError(f"--draft_vocab {cfg.draft_vocab} is not below the vocabulary size {model.config.vocab_size} (0: full)")
