@@ -24,6 +24,7 @@ from layerskip.cache import KVCache
 from layerskip.draft_length import LengthPolicy
 from layerskip.drafting import DecodeState, Draft, DraftReport, EarlyExitDrafter
 from layerskip.errors import LayerskipError
+from layerskip.fast_linear import prepare_layer
 from layerskip.model import LlamaForCausalLM
 
 
@@ -49,7 +50,10 @@ class AdapterDrafter(EarlyExitDrafter):
         super().bind(model)
         key = (id(model), model.dtype, model.device)
         if self._adapter_for != key:
-            self.adapter, self._adapter_for = load_adapter(self.directory, model), key
+            adapter = load_adapter(self.directory, model)
+            with torch.no_grad():
+                prepare_layer(adapter.block)  # the model's kernels: fused, prepacked where they apply
+            self.adapter, self._adapter_for = adapter, key
             self._cache_owner = None
 
     def reset(self) -> None:

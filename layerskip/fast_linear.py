@@ -137,21 +137,31 @@ def check_quantize(name: str) -> str:
     return name
 
 
+def prepare_layer(layer: nn.Module, quantize: str = "none", pack: bool = True) -> None:
+    """Fuse q/k/v (and gate/up, if the layer has an MLP) of one ``DecoderLayer`` and give every
+    projection the kernel ``make_linear`` picks (in place; inference only)."""
+    attn = layer.self_attn
+    attn.qkv_proj = FusedLinear([attn.q_proj, attn.k_proj, attn.v_proj], quantize, pack, groups=(2, 1))
+    del attn.q_proj, attn.k_proj, attn.v_proj
+    attn.o_proj = make_linear(attn.o_proj.weight, attn.o_proj.bias, quantize, pack)
+    if hasattr(layer, "mlp"):
+        mlp = layer.mlp
+        mlp.gate_up_proj = FusedLinear([mlp.gate_proj, mlp.up_proj], quantize, pack)
+        del mlp.gate_proj, mlp.up_proj
+        mlp.down_proj = make_linear(mlp.down_proj.weight, mlp.down_proj.bias, quantize, pack)
+
+
 def prepare_for_inference(model: nn.Module, quantize: str = "none", pack: bool = True) -> nn.Module:
-    """Fuse q/k/v and gate/up of every decoder layer of a ``LlamaForCausalLM``, optionally quantize its
-    projections to int8, and give every projection and the LM head the kernel ``make_linear`` picks
-    (in place; returns the model; ``pack=False`` keeps the dense kernel). Inference only: the prepared model's parameter names differ from the
-    checkpoint's, so train and save the unprepared model."""
+    """Prepare every decoder layer of a ``LlamaForCausalLM`` (``prepare_layer``: fused projections,
+    optionally int8, the kernel ``make_linear`` picks) and give the LM head the prepacked kernel where
+    it applies (in place; returns the model; ``pack=False`` keeps the dense kernel). Inference only:
+    the prepared model's parameter names differ from the checkpoint's, so train and save the
+    unprepared model."""
     check_quantize(quantize)
     base_fingerprint(model)  # of the checkpoint's own weights, cached before they are fused or quantized
     with torch.no_grad():
         for layer in model.model.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            attn.qkv_proj = FusedLinear([attn.q_proj, attn.k_proj, attn.v_proj], quantize, pack, groups=(2, 1))
-            mlp.gate_up_proj = FusedLinear([mlp.gate_proj, mlp.up_proj], quantize, pack)
-            del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
-            attn.o_proj = make_linear(attn.o_proj.weight, attn.o_proj.bias, quantize, pack)
-            mlp.down_proj = make_linear(mlp.down_proj.weight, mlp.down_proj.bias, quantize, pack)
+            prepare_layer(layer, quantize, pack)
         head = model.lm_head
         if pack and packs(head.weight):
             model.lm_head = PackedLinear(head.weight, head.bias, keep_weight=True)

@@ -254,3 +254,14 @@ def test_train_adapter_can_start_from_a_trained_adapter(trained, tiny_dir, tmp_p
     with pytest.raises(LayerskipError, match="not a attention adapter at --exit_layer 3"):
         AdapterTrainer(AdapterTrainConfig(**config))
     assert not (tmp_path / "other").exists()
+
+
+def test_the_drafter_runs_the_adapter_on_the_models_kernels(trained, tiny_model):
+    """Bound to a prepared model, the adapter's block is fused and prepacked like the model's layers."""
+    from layerskip.fast_linear import FusedLinear, PackedLinear
+
+    drafter = AdapterDrafter(trained / "adapter", 2)
+    drafter.bind(tiny_model)
+    attn = drafter.adapter.block.self_attn
+    assert isinstance(attn.qkv_proj, FusedLinear) and not hasattr(attn, "q_proj")
+    assert isinstance(attn.o_proj, PackedLinear) == isinstance(tiny_model.model.layers[0].self_attn.o_proj, PackedLinear)
