@@ -243,14 +243,16 @@ class LlamaForCausalLM(nn.Module):
     def slot_inputs(self, cache: KVCache | None, start: int, t: int, batch: int) -> SlotInputs:
         """What a forward over T tokens from slot ``start`` needs: slot indices ``[T]``, rotary cos/sin
         ``[batch, T, 1, head_dim]`` at each row's positions ``[batch, T]``, and the attention mask
-        ``[batch, 1, T, capacity]`` (``layerskip.cache.KVCache``). Without a cache: positions
-        ``start..`` in every row, no slots and no mask (causal attention over the T tokens)."""
+        ``[batch, 1, T, capacity]`` (``layerskip.cache.KVCache.mask``, made additive — 0 or -inf in
+        the attention dtype — once here rather than by every layer's attention). Without a cache:
+        positions ``start..`` in every row, no slots and no mask (causal attention over the T tokens)."""
         if cache is None:
             slots = mask = None
             positions = torch.arange(start, start + t, device=self.device).expand(batch, t)
         else:
             slots = cache.slots(start, t)
-            positions, mask = cache.positions(slots), cache.mask(slots)
+            positions, visible = cache.positions(slots), cache.mask(slots)
+            mask = torch.zeros(visible.shape, dtype=cache.k.dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
         cos, sin = self.rotary().cos_sin(positions, start + t)
         return slots, cos, sin, mask
 
