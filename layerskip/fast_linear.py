@@ -62,6 +62,12 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (AVX-512 BF16 or AMX): the one test for
+    both packing bf16 weights and choosing bf16 (``layerskip.loading.resolve_dtype``)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def packs(weight: torch.Tensor) -> bool:
     """Whether ``weight`` gets the oneDNN prepacked kernel: float32 on a CPU with oneDNN, or bfloat16
     where oneDNN has native bf16 kernels (AVX-512 BF16 or AMX; it refuses to pack bf16 elsewhere)."""
@@ -69,7 +75,7 @@ def packs(weight: torch.Tensor) -> bool:
         return False
     if weight.dtype == torch.float32:
         return True
-    return weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return weight.dtype == torch.bfloat16 and cpu_has_native_bf16()
 
 
 class PackedLinear(nn.Module):

@@ -19,7 +19,7 @@ import torch
 
 from layerskip.config import ModelConfig
 from layerskip.errors import LayerskipError, read_json_object
-from layerskip.fast_linear import check_quantize, prepare_for_inference
+from layerskip.fast_linear import check_quantize, cpu_has_native_bf16, prepare_for_inference
 from layerskip.gguf_checkpoint import gguf_checkpoint
 from layerskip.model import LlamaForCausalLM
 from layerskip.registry import REGISTRY, fetched_dir
@@ -62,15 +62,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def cpu_runs_bf16_well() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 #: float32 weight bytes per decoder layer from which a bf16 step is faster on a native-bf16 CPU
 BF16_MIN_LAYER_BYTES = 8 * 2**20
 
@@ -98,7 +89,7 @@ def resolve_dtype(name: str, device: torch.device, config: ModelConfig | None = 
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         big = config is None or layer_weight_bytes(config) >= BF16_MIN_LAYER_BYTES
-        return torch.bfloat16 if cpu_runs_bf16_well() and big else torch.float32
+        return torch.bfloat16 if cpu_has_native_bf16() and big else torch.float32
     if name not in DTYPES:
         raise LayerskipError(f"unknown dtype {name!r} (use auto, float32, bfloat16 or float16)")
     return DTYPES[name]

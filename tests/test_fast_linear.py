@@ -7,7 +7,7 @@ import torch
 
 from layerskip.drafting import EarlyExitDrafter
 from layerskip.errors import LayerskipError
-from layerskip.fast_linear import FusedLinear, Int8Linear, PackedLinear, prepare_for_inference
+from layerskip.fast_linear import FusedLinear, Int8Linear, PackedLinear, cpu_has_native_bf16, prepare_for_inference
 from layerskip.generation import Decoding, GenerationConfig, generate
 from layerskip.loading import load, load_model
 from layerskip.sampling import SamplingConfig
@@ -38,7 +38,7 @@ def test_grouped_fusion_returns_one_view_per_group() -> None:
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not in this torch build")
 needs_onednn_bf16 = pytest.mark.skipif(
-    not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    not cpu_has_native_bf16(),
     reason="this CPU has no native bf16 (oneDNN packs bf16 only with AVX-512 BF16 or AMX)",
 )
 
@@ -89,7 +89,7 @@ def test_bfloat16_model_on_cpu_attends_in_float32_and_follows_its_float32_logits
     reference = load_model(tiny_dir, torch.device("cpu"), torch.float32)
     model = prepare_for_inference(load_model(tiny_dir, torch.device("cpu"), torch.bfloat16))
     assert model.dtype == torch.bfloat16 and model.attention_dtype == torch.float32
-    assert isinstance(model.lm_head, PackedLinear) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert isinstance(model.lm_head, PackedLinear) == cpu_has_native_bf16()
     tokens = torch.tensor([[0, 17, 42, 99, 7, 3]])
     logits = model(tokens)
     assert logits.dtype == torch.bfloat16
@@ -145,9 +145,9 @@ def test_auto_dtype_is_bf16_only_for_layers_that_stream_enough_bytes(monkeypatch
     small, large = config(288, 768), config(576, 1536)  # 2.8 and 13.5 MiB of float32 per layer
     assert loading.layer_weight_bytes(large) == 4 * 576 * (2 * 576 + 2 * 192 + 3 * 1536)
     cpu = torch.device("cpu")
-    monkeypatch.setattr(loading, "cpu_runs_bf16_well", lambda: True)
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
     assert loading.resolve_dtype("auto", cpu, large) == torch.bfloat16
     assert loading.resolve_dtype("auto", cpu, small) == torch.float32
     assert loading.resolve_dtype("float32", cpu, large) == torch.float32
-    monkeypatch.setattr(loading, "cpu_runs_bf16_well", lambda: False)
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
     assert loading.resolve_dtype("auto", cpu, large) == torch.float32
