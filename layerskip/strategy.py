@@ -11,7 +11,8 @@ A spec is written ``[hf:]NAME[:key=value,...]`` with keys from ``DraftConfig`` (
 ``num_speculations``/``k``, ``criteria``, ``threshold``, ``patience``, ``skip_attn=1+3``,
 ``skip_mlp=2``, ``layer_skip_proportion``, ``draft_length``, ``confidence_threshold``,
 ``draft=prompt_lookup`` or ``draft=prompt_lookup+model``, ``prompt_lookup_max_ngram``,
-``prompt_lookup_min_ngram``, ``prompt_lookup_num_tokens``, ``draft_adapter``, ``draft_vocab``, or ``draft_config=FILE``). The
+``prompt_lookup_min_ngram``, ``prompt_lookup_num_tokens``, ``prompt_lookup_factor``, ``draft_adapter``, ``draft_vocab``, or ``draft_config=FILE``);
+``key=none`` drops a setting the defaults (the model's recommendation) carry, e.g. ``draft_adapter=none``. The
 ``hf:`` prefix runs transformers' ``generate`` on the same checkpoint: plain, or with
 ``assistant_early_exit=E`` and ``num_assistant_tokens=k``.
 """
@@ -94,6 +95,7 @@ class Strategy:
             raise LayerskipError(f"unknown strategy {text!r} (use [hf:]autoregressive or "
                                  "[hf:]self_speculative[:exit_layer=E,num_speculations=k,...])")
         values: dict[str, Any] = {}
+        unset: dict[str, None] = {}
         base = defaults if head == "self_speculative" else DraftConfig()
         if engine == "transformers":  # assistant_early_exit takes only the recommendation's exit and k
             base = DraftConfig(exit_layer=base.exit_layer, num_speculations=base.num_speculations)
@@ -105,8 +107,11 @@ class Strategy:
                 continue
             if key not in _FIELD_TYPES or not sep:
                 raise LayerskipError(f"strategy {text!r}: unknown setting {item!r}")
+            if raw.strip().lower() == "none" and "None" in _FIELD_TYPES[key]:
+                unset[key] = None  # drop what the defaults set (draft_adapter=none: the plain early exit)
+                continue
             values[key] = _value(key, raw.strip(), text)
-        return cls(engine, head, base.merged(**values))
+        return cls(engine, head, replace(base.merged(**values), **unset))
 
     def validate(self, num_layers: int) -> None:
         """Every check of a strategy against a ``num_layers``-layer model, with messages that name the flag."""

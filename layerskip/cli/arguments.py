@@ -149,6 +149,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     add(drafts, "prompt_lookup_num_tokens", type=int, default=None,
         help="prompt lookup: longest lookup draft (default: --num_speculations); with prompt_lookup+model the model "
              "still drafts --num_speculations")
+    add(drafts, "prompt_lookup_factor", type=float, default=None,
+        help="prompt lookup: draft at most factor x the match's length (how far the earlier occurrence agrees "
+             "backwards; SuffixDecoding), e.g. 0.5 (default: always the full length)")
     add(drafts, "draft_config", default=None, help="a draft configuration JSON (from layerskip tune); flags override it")
     add(drafts, "draft_adapter", default=None,
         help="a trained draft adapter directory (layerskip train-adapter): draft = layers 0..E-1 + adapter + shared head")
