@@ -42,6 +42,8 @@ def main() -> int:
     parser.add_argument("--max_tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run layerskip with --compile (layerskip.compiled), as a third engine in the rotation")
     args = parser.parse_args()
     try:
         import llama_cpp
@@ -61,10 +63,13 @@ def main() -> int:
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads,
                           verbose=False)
     loaded = load(args.model, "cpu", args.dtype)
+    models = {"layerskip": loaded.model}
+    if args.compile:
+        models["layerskip --compile"] = load(args.model, "cpu", args.dtype, compile=True).model
     eos = tuple(loaded.model.config.eos_token_ids)
     config = GenerationConfig(max_steps=args.max_tokens, sampling=SamplingConfig(sample=False), stop_token_ids=eos)
     problems = sorted(read_problems().values(), key=lambda p: int(p["task_id"].split("/")[1]))[: args.num_samples]
-    totals = {"llama.cpp": [0, 0.0], "layerskip": [0, 0.0]}
+    totals = {name: [0, 0.0] for name in ("llama.cpp", *models)}
 
     def run_llama(prompt: str) -> None:
         start = time.perf_counter()
@@ -72,23 +77,28 @@ def main() -> int:
         totals["llama.cpp"][0] += out["usage"]["completion_tokens"]
         totals["llama.cpp"][1] += time.perf_counter() - start
 
-    def run_layerskip(prompt: str) -> None:
-        result = generate(loaded.model, loaded.tokenizer(prompt)["input_ids"], config)
-        totals["layerskip"][0] += result.stats.generated_tokens
-        totals["layerskip"][1] += result.stats.total_time
+    def runner(name: str):
+        def run_layerskip(prompt: str) -> None:
+            result = generate(models[name], loaded.tokenizer(prompt)["input_ids"], config)
+            totals[name][0] += result.stats.generated_tokens
+            totals[name][1] += result.stats.total_time
+        return run_layerskip
 
-    run_llama(problems[0]["prompt"]), run_layerskip(problems[0]["prompt"])  # warm-up, not counted
+    engines = [run_llama, *(runner(name) for name in models)]
+    for run in engines:  # warm-up (and, for --compile, the compiling), not counted
+        run(problems[0]["prompt"])
     totals = {k: [0, 0.0] for k in totals}
     for i, problem in enumerate(problems):
-        order = (run_llama, run_layerskip) if i % 2 == 0 else (run_layerskip, run_llama)
-        for run in order:
+        shift = i % len(engines)  # each engine goes first in turn
+        for run in engines[shift:] + engines[:shift]:
             run(problem["prompt"])
     rates = {k: n / t for k, (n, t) in totals.items()}
+    dtype = str(loaded.model.dtype).removeprefix("torch.")
     print("| engine | tokens | seconds | tok/s |\n| --- | ---: | ---: | ---: |")
     for name, (n, t) in totals.items():
-        print(f"| {name} ({gguf.name if name == 'llama.cpp' else str(loaded.model.dtype).removeprefix('torch.')}) "
-              f"| {n} | {t:.2f} | {rates[name]:.1f} |")
-    print(f"layerskip / llama.cpp: {rates['layerskip'] / rates['llama.cpp']:.2f}x")
+        print(f"| {name} ({gguf.name if name == 'llama.cpp' else dtype}) | {n} | {t:.2f} | {rates[name]:.1f} |")
+    for name in models:
+        print(f"{name} / llama.cpp: {rates[name] / rates['llama.cpp']:.2f}x")
     return 0
 
 

@@ -9,6 +9,7 @@ step. Every figure is the minimum over ``--repeats`` timings; prints a table and
 
     python benchmarks/roofline.py --model DIR --dtype float32 --out roofline.json
     python benchmarks/roofline.py --model DIR --dtype bfloat16 --quantize int8
+    python benchmarks/roofline.py --model DIR --dtype bfloat16 --kernels packed compiled --exits 4
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from layerskip.cache import KVCache
+from layerskip.compiled import compile_layers
 from layerskip.fast_linear import PackedLinear, prepare_for_inference
 from layerskip.loading import default_model_path, load, load_model
 from layerskip.model import LlamaForCausalLM
@@ -78,12 +80,14 @@ def step_time(model: LlamaForCausalLM, tokens: int, last: int, context: int, rep
     return best_time(step, repeats, inner)
 
 
-def roofline(model: LlamaForCausalLM, bandwidth: float, repeats: int, inner: int, context: int) -> dict:
-    """The roofline record of ``model`` (see the module docstring for every field)."""
+def roofline(model: LlamaForCausalLM, bandwidth: float, repeats: int, inner: int, context: int,
+             exits: list[int] | None = None) -> dict:
+    """The roofline record of ``model`` (see the module docstring for every field); draft steps at
+    ``exits`` (default: every exit layer)."""
     nbytes = weight_bytes(model)
     one = step_time(model, 1, model.num_layers, context, repeats, inner)
     verify = {t: step_time(model, t, model.num_layers, context, repeats, inner) / one for t in range(2, 10)}
-    draft = {e: step_time(model, 1, e, context, repeats, inner) / one for e in range(1, model.num_layers)}
+    draft = {e: step_time(model, 1, e, context, repeats, inner) / one for e in exits or range(1, model.num_layers)}
     bound = bandwidth / nbytes
     return {
         "weight_bytes": nbytes,
@@ -120,9 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timings per figure (the minimum is kept)")
     parser.add_argument("--inner", type=int, default=5, help="calls per timing")
     parser.add_argument("--bandwidth_mib", type=int, default=1024, help="buffer size of the bandwidth measurement")
-    parser.add_argument("--kernels", nargs="+", default=["packed", "dense"], choices=["packed", "dense"],
-                        help="linear kernels to measure side by side (layerskip.fast_linear): packed = the engine's "
-                             "choice (oneDNN prepacked where it applies), dense = F.linear")
+    parser.add_argument("--kernels", nargs="+", default=["packed", "dense"], choices=["packed", "dense", "compiled"],
+                        help="kernels to measure side by side (layerskip.fast_linear): packed = the engine's "
+                             "choice (oneDNN prepacked where it applies), dense = F.linear, compiled = the layer loop "
+                             "through torch.compile with frozen weights (layerskip.compiled, --compile)")
+    parser.add_argument("--exits", type=int, nargs="+", default=None,
+                        help="exit layers of the draft-step figures (default: all; each is one more compile for 'compiled')")
     parser.add_argument("--out", default="roofline.json")
     args = parser.parse_args(argv)
     loaded = load(args.model or str(default_model_path()), args.device, args.dtype, args.quantize, prepare=False)
@@ -130,8 +137,10 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for kernel in args.kernels:
         model = load_model(loaded.path, loaded.model.device, loaded.model.dtype)
-        prepare_for_inference(model, args.quantize, pack=kernel == "packed")
-        results[kernel] = roofline(model, bandwidth, args.repeats, args.inner, args.context)
+        prepare_for_inference(model, args.quantize, pack=kernel != "dense", dense_layers=kernel == "compiled")
+        if kernel == "compiled":
+            compile_layers(model)
+        results[kernel] = roofline(model, bandwidth, args.repeats, args.inner, args.context, args.exits)
         del model
     record = {
         "model": str(loaded.path),

@@ -82,8 +82,8 @@ class DraftAdapter(nn.Module):
 
     def new_cache(self, model_cache: KVCache) -> KVCache:
         """The adapter's one-layer cache, shaped (and padded) like the model's."""
-        k = model_cache.k
-        return KVCache(self.block_config, model_cache.batch_size, model_cache.capacity, k.device, k.dtype, model_cache.pad)
+        return KVCache(self.block_config, model_cache.batch_size, model_cache.capacity, model_cache.device,
+                       model_cache.dtype, model_cache.pad)
 
     def forward(
         self,

@@ -16,8 +16,10 @@ from layerskip.config import ModelConfig
 
 
 class KVCache:
-    """Static keys and values of all layers (gpt-fast style): ``k``, ``v`` are
-    ``[layers, batch, kv_heads, capacity, head_dim]``, allocated once.
+    """Static keys and values of all layers (gpt-fast style): ``keys[l]``, ``values[l]`` are
+    ``[batch, kv_heads, capacity, head_dim]`` for layer ``l``, allocated once. One tensor per layer
+    (gpt-fast's per-layer caches), not views of one buffer: a compiled step then writes each layer's
+    buffer in place instead of copying one shared base (``layerskip.compiled``).
 
     A forward over ``T`` tokens writes them at slots ``start..start+T-1`` (one slot index tensor for
     every row) and attends to the whole buffer through a mask built from positions, so every call
@@ -37,9 +39,9 @@ class KVCache:
         dtype: torch.dtype,
         pad: torch.Tensor | None = None,
     ) -> None:
-        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, capacity, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, config.num_key_value_heads, capacity, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_hidden_layers)]
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=device) if pad is None else pad.to(device, torch.long)
         if self.pad.shape != (batch_size,):
             raise ValueError(f"pad must be [batch] = [{batch_size}], got {list(self.pad.shape)}")
@@ -48,11 +50,23 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self.keys[0].shape[2]
 
     @property
     def batch_size(self) -> int:
-        return self.k.shape[1]
+        return self.keys[0].shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.keys[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.keys[0].device
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in (*self.keys, *self.values))
 
     def slots(self, start: int, t: int) -> torch.Tensor:
         """Slot indices ``[T]`` of ``t`` tokens from ``start`` (checked against the capacity on the host)."""
@@ -75,9 +89,10 @@ class KVCache:
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v ``[batch, kv_heads, T, head_dim]`` at ``slots`` ``[T]`` of ``layer``; returns the
         whole buffers of that layer, ``[batch, kv_heads, capacity, head_dim]`` each."""
-        self.k[layer].index_copy_(2, slots, k)
-        self.v[layer].index_copy_(2, slots, v)
-        return self.k[layer], self.v[layer]
+        keys, values = self.keys[layer], self.values[layer]
+        keys.index_copy_(2, slots, k)
+        values.index_copy_(2, slots, v)
+        return keys, values
 
     def commit(self, length: int) -> None:
         """Mark slots ``0..length-1`` as verified (moving the length back is the rollback)."""

@@ -157,17 +157,19 @@ def prepare_layer(layer: nn.Module, quantize: str = "none", pack: bool = True) -
         mlp.down_proj = make_linear(mlp.down_proj.weight, mlp.down_proj.bias, quantize, pack)
 
 
-def prepare_for_inference(model: nn.Module, quantize: str = "none", pack: bool = True) -> nn.Module:
+def prepare_for_inference(model: nn.Module, quantize: str = "none", pack: bool = True,
+                          dense_layers: bool = False) -> nn.Module:
     """Prepare every decoder layer of a ``LlamaForCausalLM`` (``prepare_layer``: fused projections,
     optionally int8, the kernel ``make_linear`` picks) and give the LM head the prepacked kernel where
-    it applies (in place; returns the model; ``pack=False`` keeps the dense kernel). Inference only:
-    the prepared model's parameter names differ from the checkpoint's, so train and save the
+    it applies (in place; returns the model; ``pack=False`` keeps the dense kernel everywhere,
+    ``dense_layers`` in the decoder layers only: ``layerskip.compiled`` packs those itself). Inference
+    only: the prepared model's parameter names differ from the checkpoint's, so train and save the
     unprepared model."""
     check_quantize(quantize)
     base_fingerprint(model)  # of the checkpoint's own weights, cached before they are fused or quantized
     with torch.no_grad():
         for layer in model.model.layers:
-            prepare_layer(layer, quantize, pack)
+            prepare_layer(layer, quantize, pack and not dense_layers)
         head = model.lm_head
         if pack and packs(head.weight):
             model.lm_head = PackedLinear(head.weight, head.bias, keep_weight=True)

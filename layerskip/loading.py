@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from layerskip.compiled import compile_layers, compiler_problem
 from layerskip.config import ModelConfig
 from layerskip.errors import LayerskipError, read_json_object
 from layerskip.fast_linear import check_quantize, cpu_has_native_bf16, prepare_for_inference
@@ -226,16 +227,23 @@ class LoadedModel:
 
 
 def load(model: str | None = None, device: str = "auto", dtype: str = "auto", quantize: str = "none",
-         prepare: bool = True) -> LoadedModel:
+         prepare: bool = True, compile: bool = False) -> LoadedModel:
     """Model, tokenizer and recommended settings of ``model`` (default: the shipped model). The model
-    is prepared for inference (fused projections, ``quantize`` "none" | "int8") unless ``prepare`` is
-    False: then its modules are the checkpoint's own (to copy layers from, or to train)."""
+    is prepared for inference (fused projections, ``quantize`` "none" | "int8"; ``compile``: decoding
+    through the compiled layer loop, ``layerskip.compiled``) unless ``prepare`` is False: then its
+    modules are the checkpoint's own (to copy layers from, or to train)."""
     check_quantize(quantize)
+    if compile and quantize != "none":
+        raise LayerskipError("--compile applies to --quantize none (int8 layers run eagerly)")
+    if compile and (problem := compiler_problem(resolve_device(device))):
+        raise LayerskipError(f"--compile: {problem}")
     path = resolve_model_path(model) if model else default_model_path()
     if not model and not (path / "config.json").exists():
         raise LayerskipError(f"the shipped model is missing from {path}; pass --model")
     dev = resolve_device(device)
     net = load_model(path, dev, resolve_dtype(dtype, dev, ModelConfig.from_file(path / "config.json")))
     if prepare:
-        prepare_for_inference(net, quantize)
+        prepare_for_inference(net, quantize, dense_layers=compile)
+        if compile:
+            compile_layers(net)
     return LoadedModel(path, net, load_tokenizer(path), recommended_settings(path))

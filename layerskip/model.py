@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -178,6 +179,8 @@ class LlamaForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self._rotary: RotaryTable | None = None
+        #: the compiled ``layer_loop`` decoding calls go through (``layerskip.compiled``); None: eager
+        self.compiled_layers: Callable[..., torch.Tensor] | None = None
         #: the checkpoint directory it was loaded from (files stored beside it: draft vocabulary)
         self.source_path: Path | None = None
 
@@ -235,6 +238,24 @@ class LlamaForCausalLM(nn.Module):
         if not 0 <= first <= last <= self.num_layers:
             raise ValueError(f"layer range {first}..{last} outside 0..{self.num_layers}")
         slots, cos, sin, mask = inputs or self.slot_inputs(cache, start, hidden.shape[1], hidden.shape[0])
+        if self.compiled_layers is not None and cache is not None and not skip:
+            return self.compiled_layers(hidden, first, last, cache, slots, cos, sin, mask)
+        return self.layer_loop(hidden, first, last, cache, slots, cos, sin, mask, skip)
+
+    def layer_loop(
+        self,
+        hidden: torch.Tensor,
+        first: int,
+        last: int,
+        cache: KVCache | None,
+        slots: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        skip: SkipSet = NO_SKIP,
+    ) -> torch.Tensor:
+        """Layers ``first..last-1`` on ``h_first`` ``[batch, T, dim]`` given ``slot_inputs`` -> ``h_last``
+        (the body of ``run_layers``, and what ``layerskip.compiled`` compiles)."""
         layers = self.model.layers
         for i in range(first, last):
             hidden = layers[i](hidden, cos, sin, i, cache, slots, mask, i in skip.attn, i in skip.mlp)
@@ -252,7 +273,7 @@ class LlamaForCausalLM(nn.Module):
         else:
             slots = cache.slots(start, t)
             positions, visible = cache.positions(slots), cache.mask(slots)
-            mask = torch.zeros(visible.shape, dtype=cache.k.dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
+            mask = torch.zeros(visible.shape, dtype=cache.dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
         cos, sin = self.rotary().cos_sin(positions, start + t)
         return slots, cos, sin, mask
 

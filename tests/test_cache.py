@@ -15,7 +15,7 @@ def test_write_returns_the_whole_buffer_and_overflow_is_an_error(tiny_model):
     cache = KVCache(tiny_model.config, 1, 6, "cpu", torch.float32)
     k = torch.ones(1, 2, 3, tiny_model.config.head_dim)
     keys, values = cache.write(0, cache.slots(2, 3), k, k)
-    assert keys.shape[2] == 6 and keys.data_ptr() == cache.k[0].data_ptr()  # static: the same buffer every call
+    assert keys.shape[2] == 6 and keys.data_ptr() == cache.keys[0].data_ptr()  # static: the same buffer every call
     assert torch.equal(keys[:, :, 2:5], k) and not keys[:, :, :2].any() and not keys[:, :, 5:].any()
     with pytest.raises(ValueError):
         cache.slots(5, 3)
@@ -52,13 +52,13 @@ def test_rollback_then_overwrite_matches_a_fresh_cache(tiny_model):
         dirty.commit(5)
         model(junk, dirty, 5, exit_layer=2)  # draft layers only
         model(junk[:, :2], dirty, 5)  # a full verification of junk
-        ptr = dirty.k.data_ptr()
+        ptrs = [t.data_ptr() for t in dirty.keys]
         dirty.commit(5)  # roll back: only the length moves
-        assert dirty.length == 5 and dirty.k.data_ptr() == ptr
+        assert dirty.length == 5 and [t.data_ptr() for t in dirty.keys] == ptrs
         got = model(truth, dirty, 5)
     torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(dirty.k[:, :, :, :8], clean.k[:, :, :, :8])
-    torch.testing.assert_close(dirty.v[:, :, :, :8], clean.v[:, :, :, :8])
+    for mine, theirs in zip(dirty.keys + dirty.values, clean.keys + clean.values):
+        torch.testing.assert_close(mine[:, :, :8], theirs[:, :, :8])
 
 
 def test_verification_reuses_draft_states(tiny_model):

@@ -208,8 +208,8 @@ def test_autoregressive_dynamic_exit_leaves_valid_kv_everywhere(tiny_model, crit
     L = model.num_layers
     cache = KVCache(model.config, 1, 32, "cpu", torch.float32)
     unwritten = 12345.0  # a finite marker: masked slots of the static cache must stay finite
-    cache.k.fill_(unwritten)
-    cache.v.fill_(unwritten)
+    for buffer in cache.keys + cache.values:
+        buffer.fill_(unwritten)
     crit = make_criterion(criterion, **({"seed": 1} if criterion == "random" else {}))
     with torch.inference_mode():
         model.run_layers(model.embed(torch.tensor([PROMPT[:-1]])), 0, L, cache, 0)
@@ -220,18 +220,19 @@ def test_autoregressive_dynamic_exit_leaves_valid_kv_everywhere(tiny_model, crit
             exits.append(exit_layer)
             tokens.append(int(logits.argmax()))
         length = len(tokens) - 1
-        assert not (cache.k[:, :, :, :length] == unwritten).any() and not (cache.v[:, :, :, :length] == unwritten).any()
+        assert not any((buffer[:, :, :length] == unwritten).any() for buffer in cache.keys + cache.values)
         # recompute each decoded token's exit state with the cache as context, then its K/V
         for i, exit_layer in enumerate(exits):
             slot = len(PROMPT) - 1 + i
             scratch = KVCache(model.config, 1, 32, "cpu", torch.float32)
-            scratch.k.copy_(cache.k)
-            scratch.v.copy_(cache.v)
+            for mine, theirs in zip(scratch.keys + scratch.values, cache.keys + cache.values):
+                mine.copy_(theirs)
             h = model.run_layers(model.embed(torch.tensor([[tokens[slot]]])), 0, exit_layer, scratch, slot)
-            torch.testing.assert_close(scratch.k[:, :, :, slot], cache.k[:, :, :, slot])  # layers < exit: unchanged
+            keys = lambda c: torch.stack(c.keys)[:, :, :, slot]  # noqa: E731  [layers, batch, kv_heads, head_dim]
+            torch.testing.assert_close(keys(scratch), keys(cache))  # layers < exit: unchanged
             model.propagate_state(h, exit_layer, L, scratch, slot)
-            torch.testing.assert_close(scratch.k[:, :, :, slot], cache.k[:, :, :, slot])
-            torch.testing.assert_close(scratch.v[:, :, :, slot], cache.v[:, :, :, slot])
+            torch.testing.assert_close(keys(scratch), keys(cache))
+            torch.testing.assert_close(torch.stack(scratch.values)[:, :, :, slot], torch.stack(cache.values)[:, :, :, slot])
 
 
 def test_autoregressive_dynamic_exit_through_generate(tiny_model):

@@ -31,4 +31,4 @@ def test_kv_cache_bytes_match_the_cache(tiny_model):
     from layerskip.cache import KVCache
 
     cache = KVCache(tiny_model.config, 1, 37, tiny_model.device, tiny_model.dtype)
-    assert kv_cache_bytes(tiny_model, 37) == cache.k.nbytes + cache.v.nbytes
+    assert kv_cache_bytes(tiny_model, 37) == cache.nbytes

@@ -97,6 +97,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: bfloat16 where the hardware runs it well, else float32")
     add(group, "quantize", default="none", choices=["none", "int8"],
         help="int8: weight-only int8 decoder projections (per-output-channel scales; LM head in --dtype)")
+    add(group, "compile", type=bool, default=False,
+        help="decode through torch.compile'd decoder layers (inductor, frozen weights; layerskip.compiled): "
+             "faster steps after tens of seconds of compiling per layer range the first time")
     add(group, "seed", type=int, default=42, help="random seed (sampling, sample selection)")
 
 

@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise LayerskipError(f"unknown task(s) {', '.join(unknown)} (local tasks need --include_path DIR)")
-    loaded = load(args.model, args.device, args.dtype, args.quantize)
+    loaded = load(args.model, args.device, args.dtype, args.quantize, compile=args.compile)
     if args.apply_chat_template:
         require_chat_template(loaded.tokenizer)
     config = generation_config(args, loaded.model, loaded.tokenizer)

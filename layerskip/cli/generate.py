@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise LayerskipError("--chat is interactive; for one --prompt use --apply_chat_template True")
     if args.system is not None and not (args.chat or args.apply_chat_template):
         raise LayerskipError("--system needs --chat or --apply_chat_template True")
-    loaded = load(args.model, args.device, args.dtype, args.quantize)
+    loaded = load(args.model, args.device, args.dtype, args.quantize, compile=args.compile)
     model, tokenizer = loaded.model, loaded.tokenizer
     if args.apply_chat_template:
         require_chat_template(tokenizer)  # before an interactive session starts, not at its first prompt

@@ -49,7 +49,7 @@ def prepare(args: argparse.Namespace) -> Harness:
     samples = load_samples(args.dataset, args.data_path, args.num_samples, args.n_shot, args.template, args.seed,
                            args.random_shuffle, args.prompt_field, args.response_field)
     world = init_world()
-    loaded = load(args.model, args.device, args.dtype, args.quantize)
+    loaded = load(args.model, args.device, args.dtype, args.quantize, compile=args.compile)
     if args.apply_chat_template:
         require_chat_template(loaded.tokenizer)
     config = generation_config(args, loaded.model, loaded.tokenizer)

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     check_sizes(num_sequences=args.num_sequences, prefix_tokens=args.prefix_tokens, new_tokens=args.new_tokens,
                 batch_size=args.batch_size)
     output = writable_file(args.output, "--output")
-    loaded = load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
+    loaded = load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize, compile=args.compile)
     if args.prompts is not None:
         prefixes = prompt_prefixes(loaded.tokenizer, args.prompts, args.num_sequences, args.text_field)
         longest = max(len(p) for p in prefixes)

@@ -1,0 +1,73 @@
+"""A compiled decoding step: the decoder-layer loop through ``torch.compile`` (inductor, frozen weights).
+
+In eager PyTorch a one-token SmolLM2-135M step on a 2-core CPU spends about a third of its time
+outside the linear layers: ~40 small ops per layer (norms, rotary, casts, cache writes, residual
+adds, attention), each paying its dispatch (BENCHMARKS.md, "Engine speed"). ``compile_layers(model)``
+sends ``LlamaForCausalLM.run_layers`` calls that decode — with a KV cache and no layer skipping — to
+``torch.compile`` of ``model.layer_loop`` with inductor's ``freezing``: inductor fuses the
+elementwise work of a layer into a few C++ (or, on a GPU, Triton) kernels, and with freezing it
+treats the weights as constants and prepacks the linear layers itself (oneDNN on a CPU), the same
+kernel ``layerskip.fast_linear.PackedLinear`` calls eagerly. The token count and the cache capacity
+are symbolic (the model's widths are not), so one graph per layer range ``(first, last)`` and its
+one-token specialisation serve every step and every generation: autoregressive decoding compiles the full range, a
+self-speculative draft at exit E ``(0, E)`` and its verification ``(E, L)``. Prefill, training and
+layer-skip drafts stay eager (``layer_loop`` is the same code).
+
+Compiling costs tens of seconds per graph on a 2-core CPU the first time (inductor's on-disk cache
+shortens later processes); it pays for long generations, which is why it is opt-in (``--compile``).
+The compiled step computes what the eager one does, not bit for bit: its own fused kernels round
+differently in the last bit; exactness (self-speculative output equals autoregressive output) is a
+property of the compiled model against itself, checked like the eager one's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+
+import torch
+
+from layerskip.cache import KVCache
+from layerskip.errors import LayerskipError
+from layerskip.model import LlamaForCausalLM
+
+
+def compiler_problem(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot build kernels for ``device`` here (None: it can)."""
+    if device.type == "cuda":
+        return None if importlib.util.find_spec("triton") else "torch.compile on CUDA needs triton (pip install triton)"
+    compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    if not any(c and shutil.which(c) for c in compilers):
+        return "torch.compile on a CPU needs a C++ compiler (g++ or clang++; apt-get install g++)"
+    return None
+
+
+def compile_layers(model: LlamaForCausalLM) -> LlamaForCausalLM:
+    """Decode through the compiled layer loop (module docstring); returns the model. Call it on a model
+    prepared with dense (not prepacked) projections (``prepare_for_inference(model, dense_layers=True)``),
+    whose weights do not change afterwards: they are frozen into the compiled graphs."""
+    problem = compiler_problem(model.device)
+    if problem:
+        raise LayerskipError(f"--compile: {problem}")
+
+    def loop(hidden: torch.Tensor, first: int, last: int, cache: KVCache, slots: torch.Tensor, cos: torch.Tensor,
+             sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return model.layer_loop(hidden, first, last, cache, slots, cos, sin, mask)
+
+    compiled = torch.compile(loop)
+
+    def layers(hidden: torch.Tensor, first: int, last: int, cache: KVCache, slots: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # symbolic token count and cache capacity (a size 1 stays specialised: the one-token graph);
+        # the model's widths stay static, so kernels are generated for its real sizes
+        for tensor, dims in ((hidden, (1,)), (slots, (0,)), (cos, (1,)), (sin, (1,)), (mask, (2, 3))):
+            for dim in dims:
+                torch._dynamo.maybe_mark_dynamic(tensor, dim)
+        for buffer in (*cache.keys, *cache.values):
+            torch._dynamo.maybe_mark_dynamic(buffer, 2)
+        with torch._inductor.config.patch(freezing=True):  # (torch.compile's options= does not reach it)
+            return compiled(hidden, first, last, cache, slots, cos, sin, mask)
+
+    model.compiled_layers = layers
+    return model

@@ -1,0 +1,59 @@
+"""The compiled decoding step (``layerskip.compiled``): the same tokens as eager decoding, exact
+self-speculation against itself, and its refusals as one error line before any work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import assert_one_line_error, dampen_layers, run_cli
+from layerskip.compiled import compile_layers, compiler_problem
+from layerskip.draft_config import DraftConfig
+from layerskip.fast_linear import prepare_for_inference
+from layerskip.generation import GenerationConfig, generate
+from layerskip.loading import load_model
+from layerskip.sampling import SamplingConfig
+from layerskip.strategy import Strategy
+
+GREEDY = SamplingConfig(sample=False)
+PROMPT = [0, 17, 42, 99, 7, 150, 17, 42]
+
+needs_compiler = pytest.mark.skipif(compiler_problem(torch.device("cpu")) is not None, reason="no C++ compiler")
+
+
+@needs_compiler
+def test_compiled_decoding_equals_eager_and_self_speculation_stays_exact(tiny_dir):
+    eager, model = (load_model(tiny_dir, torch.device("cpu"), torch.float32) for _ in range(2))
+    for m in (eager, model):
+        dampen_layers(m, 2, 0.3)  # exit-2 drafts agree with the full model often
+    prepare_for_inference(eager)
+    compile_layers(prepare_for_inference(model, dense_layers=True))
+    compiled_calls = []
+    real = model.compiled_layers
+
+    def counting(*args):
+        compiled_calls.append(args[0].shape[1])  # T of each compiled call
+        return real(*args)
+
+    model.compiled_layers = counting
+    config = GenerationConfig(max_steps=20, sampling=GREEDY)
+    expected = generate(eager, PROMPT, config).token_ids
+    assert generate(model, PROMPT, config).token_ids == expected
+    assert compiled_calls.count(1) == 19  # every decoding step went through the compiled loop
+    for draft in (DraftConfig(2, 3), DraftConfig(1, 2, draft="prompt_lookup+model")):
+        decoding = Strategy("layerskip", "self_speculative", draft).decoding(model.num_layers)
+        got = generate(model, PROMPT, config, decoding)
+        assert got.token_ids == expected and 0 < got.stats.accepted_tokens < got.stats.drafted_tokens
+    assert max(compiled_calls) > 1  # verifications of several tokens too
+    with torch.inference_mode():
+        ids = torch.tensor([PROMPT])
+        torch.testing.assert_close(model(ids), eager(ids), rtol=1e-4, atol=1e-4)  # prefill: the eager loop
+
+
+def test_compile_bad_input_is_one_line_before_loading(tiny_dir, monkeypatch):
+    assert_one_line_error(run_cli("generate", "--model", str(tiny_dir), "--compile", "True", "--quantize", "int8",
+                                  "--prompt", "x"), "--compile applies to --quantize none")
+    monkeypatch.setattr("layerskip.compiled.shutil.which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    assert_one_line_error(run_cli("generate", "--model", str(tiny_dir), "--compile", "True", "--prompt", "x"),
+                          "--compile: torch.compile on a CPU needs a C++ compiler")
