@@ -10,8 +10,9 @@ treats the weights as constants and prepacks the linear layers itself (oneDNN on
 kernel ``layerskip.fast_linear.PackedLinear`` calls eagerly. The token count and the cache capacity
 are symbolic (the model's widths are not), so one graph per layer range ``(first, last)`` and its
 one-token specialisation serve every step and every generation: autoregressive decoding compiles the full range, a
-self-speculative draft at exit E ``(0, E)`` and its verification ``(E, L)``. Prefill, training and
-layer-skip drafts stay eager (``layer_loop`` is the same code).
+self-speculative draft at exit E ``(0, E)`` and its verification ``(E, L)``; the prompt's prefill
+goes through the multi-token graph of its range. Forwards without a cache (training) and layer-skip
+drafts stay eager (``layer_loop`` is the same code).
 
 Compiling costs tens of seconds per graph on a 2-core CPU the first time (inductor's on-disk cache
 shortens later processes); it pays for long generations, which is why it is opt-in (``--compile``).
@@ -25,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import weakref
 
 import torch
 
@@ -43,13 +45,18 @@ def compiler_problem(device: torch.device) -> str | None:
     return None
 
 
+def require_compiler(device: torch.device) -> None:
+    """One error line when ``torch.compile`` cannot build kernels for ``device`` (``compiler_problem``)."""
+    problem = compiler_problem(device)
+    if problem:
+        raise LayerskipError(f"--compile: {problem}")
+
+
 def compile_layers(model: LlamaForCausalLM) -> LlamaForCausalLM:
     """Decode through the compiled layer loop (module docstring); returns the model. Call it on a model
     prepared with dense (not prepacked) projections (``prepare_for_inference(model, dense_layers=True)``),
     whose weights do not change afterwards: they are frozen into the compiled graphs."""
-    problem = compiler_problem(model.device)
-    if problem:
-        raise LayerskipError(f"--compile: {problem}")
+    require_compiler(model.device)
 
     def loop(hidden: torch.Tensor, first: int, last: int, cache: KVCache, slots: torch.Tensor, cos: torch.Tensor,
              sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -57,15 +64,20 @@ def compile_layers(model: LlamaForCausalLM) -> LlamaForCausalLM:
 
     compiled = torch.compile(loop)
 
+    marked: weakref.WeakSet[KVCache] = weakref.WeakSet()
+
     def layers(hidden: torch.Tensor, first: int, last: int, cache: KVCache, slots: torch.Tensor, cos: torch.Tensor,
                sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # symbolic token count and cache capacity (a size 1 stays specialised: the one-token graph);
-        # the model's widths stay static, so kernels are generated for its real sizes
-        for tensor, dims in ((hidden, (1,)), (slots, (0,)), (cos, (1,)), (sin, (1,)), (mask, (2, 3))):
-            for dim in dims:
-                torch._dynamo.maybe_mark_dynamic(tensor, dim)
-        for buffer in (*cache.keys, *cache.values):
-            torch._dynamo.maybe_mark_dynamic(buffer, 2)
+        # symbolic token count and cache capacity, the model's widths static (kernels for its real
+        # sizes). Marking costs ~20 us a tensor: a cache's buffers are marked once, and a one-token
+        # step marks only the mask's capacity (a size 1 stays specialised: the one-token graph)
+        if cache not in marked:
+            for buffer in (*cache.keys, *cache.values):
+                torch._dynamo.maybe_mark_dynamic(buffer, 2)
+            marked.add(cache)
+        dims = ((mask, 3),) if hidden.shape[1] == 1 else ((hidden, 1), (slots, 0), (cos, 1), (sin, 1), (mask, 2), (mask, 3))
+        for tensor, dim in dims:
+            torch._dynamo.maybe_mark_dynamic(tensor, dim)
         with torch._inductor.config.patch(freezing=True):  # (torch.compile's options= does not reach it)
             return compiled(hidden, first, last, cache, slots, cos, sin, mask)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from layerskip.compiled import compile_layers, compiler_problem
+from layerskip.compiled import compile_layers, require_compiler
 from layerskip.config import ModelConfig
 from layerskip.errors import LayerskipError, read_json_object
 from layerskip.fast_linear import check_quantize, cpu_has_native_bf16, prepare_for_inference
@@ -235,12 +235,12 @@ def load(model: str | None = None, device: str = "auto", dtype: str = "auto", qu
     check_quantize(quantize)
     if compile and quantize != "none":
         raise LayerskipError("--compile applies to --quantize none (int8 layers run eagerly)")
-    if compile and (problem := compiler_problem(resolve_device(device))):
-        raise LayerskipError(f"--compile: {problem}")
+    dev = resolve_device(device)
+    if compile:
+        require_compiler(dev)  # before any weight is read
     path = resolve_model_path(model) if model else default_model_path()
     if not model and not (path / "config.json").exists():
         raise LayerskipError(f"the shipped model is missing from {path}; pass --model")
-    dev = resolve_device(device)
     net = load_model(path, dev, resolve_dtype(dtype, dev, ModelConfig.from_file(path / "config.json")))
     if prepare:
         prepare_for_inference(net, quantize, dense_layers=compile)

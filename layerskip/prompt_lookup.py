@@ -122,8 +122,10 @@ class PromptLookupDrafter(Drafter):
 
     def match_extent(self, history: list[int], start: int, n: int, limit: int) -> int:
         """How many tokens the occurrence of the last ``n`` tokens that ends before ``start`` agrees with
-        the end of ``history`` (n, extended backwards), counted only as far as ``limit`` tokens need."""
-        enough = int(limit / self.factor) + 1 if self.factor else n
+        the end of ``history`` (n, extended backwards), counted only as far as ``limit`` tokens need
+        (``factor`` set)."""
+        assert self.factor is not None
+        enough = int(limit / self.factor) + 1
         m, end = n, len(history)
         while m < enough and start - m - 1 >= 0 and history[start - m - 1] == history[end - m - 1]:
             m += 1

@@ -348,6 +348,9 @@ def test_cli_correctness_and_benchmark_with_prompt_lookup(tiny_dir, tmp_path, ca
     (["--draft", "lookup"], "invalid choice"),
     (["--exit_layer", "1", "--num_speculations", "2", "--prompt_lookup_num_tokens", "4"], "needs an integer >= 1 and --draft prompt_lookup"),
     (["--draft", "prompt_lookup", "--prompt_lookup_num_tokens", "0"], "--prompt_lookup_num_tokens 0"),
+    (["--draft", "prompt_lookup", "--prompt_lookup_factor", "-1"], "--prompt_lookup_factor -1.0: needs a number > 0"),
+    (["--exit_layer", "1", "--num_speculations", "2", "--prompt_lookup_factor", "0.5"], "needs a number > 0 and --draft prompt_lookup"),
+    (["--draft", "prompt_lookup", "--prompt_lookup_factor", "half"], "invalid float value"),
     (["--draft", "prompt_lookup", "--generation_strategy", "autoregressive"], "is a draft strategy"),
 ])
 def test_cli_prompt_lookup_bad_input_is_one_line(tiny_dir, extra, needle):
