@@ -9,7 +9,7 @@ step. Every figure is the minimum over ``--repeats`` timings; prints a table and
 
     python benchmarks/roofline.py --model DIR --dtype float32 --out roofline.json
     python benchmarks/roofline.py --model DIR --dtype bfloat16 --quantize int8
-    python benchmarks/roofline.py --model DIR --dtype bfloat16 --kernels packed compiled --exits 4
+    python benchmarks/roofline.py --model DIR --dtype bfloat16 --kernels streamed packed compiled --exits 4
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from layerskip.cache import KVCache
 from layerskip.compiled import compile_layers
-from layerskip.fast_linear import PackedLinear, prepare_for_inference
+from layerskip.fast_linear import KERNELS, PackedLinear, StreamedLinear, prepare_for_inference
 from layerskip.loading import default_model_path, load, load_model
 from layerskip.model import LlamaForCausalLM
 
@@ -42,8 +42,10 @@ def best_time(fn: Callable[[], object], repeats: int, inner: int) -> float:
 
 
 def read_bandwidth(mib: int, repeats: int) -> float:
-    """Bytes/s of reading a ``mib`` MiB float32 buffer once (``sum``)."""
-    buffer = torch.ones(mib * 2**18)
+    """Bytes/s of reading a ``mib`` MiB float32 buffer once (``sum``). Random values: a buffer of
+    identical pages can be merged by the host (KSM) and then reads from cache (a buffer of ones
+    measured 50 GB/s after 20 s, random values 32 GB/s, on the 2-core Zen 5 of 2026-12-02)."""
+    buffer = torch.rand(mib * 2**18)
     return buffer.numel() * 4 / best_time(lambda: buffer.sum(), repeats, 3)
 
 
@@ -54,12 +56,16 @@ def weight_bytes(model: LlamaForCausalLM) -> int:
     for tensor in [*model.parameters(), *model.buffers()]:
         if tensor is not None:
             seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
-    for module in model.modules():  # prepacked weights live outside parameters (layerskip.fast_linear)
-        if isinstance(module, PackedLinear) and not hasattr(module, "weight"):
-            seen[id(module)] = module.out_features * module.in_features * module.packed.element_size()
     embedding = model.model.embed_tokens.weight
-    if not model.config.tie_word_embeddings:
-        seen[embedding.data_ptr()] = embedding.shape[1] * embedding.element_size()
+    for module in model.modules():  # a packed kernel reads its packed copy, not the weight it keeps
+        if isinstance(module, (PackedLinear, StreamedLinear)):
+            if hasattr(module, "weight"):
+                seen.pop(module.weight.data_ptr(), None)
+            if isinstance(module, PackedLinear):  # opaque oneDNN tensor, outside parameters and buffers
+                seen[id(module)] = module.out_features * module.in_features * module.packed.element_size()
+    head = model.lm_head
+    if not (isinstance(head, torch.nn.Linear) and head.weight.data_ptr() == embedding.data_ptr()):
+        seen[embedding.data_ptr()] = embedding.shape[1] * embedding.element_size()  # one row of a lookup
     return sum(seen.values())
 
 
@@ -124,10 +130,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timings per figure (the minimum is kept)")
     parser.add_argument("--inner", type=int, default=5, help="calls per timing")
     parser.add_argument("--bandwidth_mib", type=int, default=1024, help="buffer size of the bandwidth measurement")
-    parser.add_argument("--kernels", nargs="+", default=["packed", "dense"], choices=["packed", "dense", "compiled"],
-                        help="kernels to measure side by side (layerskip.fast_linear): packed = the engine's "
-                             "choice (oneDNN prepacked where it applies), dense = F.linear, compiled = the layer loop "
-                             "through torch.compile with frozen weights (layerskip.compiled, --compile)")
+    parser.add_argument("--kernels", nargs="+", default=["auto", "packed"], choices=[*KERNELS, "compiled"],
+                        help="kernels to measure side by side (layerskip.fast_linear): auto = the engine's choice, "
+                             "streamed = layerskip's bf16 weight-streaming kernel, packed = oneDNN prepacked, "
+                             "dense = F.linear, compiled = auto with the layer loop through torch.compile "
+                             "(layerskip.compiled, --compile)")
     parser.add_argument("--exits", type=int, nargs="+", default=None,
                         help="exit layers of the draft-step figures (default: all; each is one more compile for 'compiled')")
     parser.add_argument("--out", default="roofline.json")
@@ -137,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for kernel in args.kernels:
         model = load_model(loaded.path, loaded.model.device, loaded.model.dtype)
-        prepare_for_inference(model, args.quantize, pack=kernel != "dense", dense_layers=kernel == "compiled")
+        prepare_for_inference(model, args.quantize, "auto" if kernel == "compiled" else kernel,
+                              for_compile=kernel == "compiled")
         if kernel == "compiled":
             compile_layers(model)
         results[kernel] = roofline(model, bandwidth, args.repeats, args.inner, args.context, args.exits)

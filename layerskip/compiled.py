@@ -6,9 +6,10 @@ adds, attention), each paying its dispatch (BENCHMARKS.md, "Engine speed"). ``co
 sends ``LlamaForCausalLM.run_layers`` calls that decode — with a KV cache and no layer skipping — to
 ``torch.compile`` of ``model.layer_loop`` with inductor's ``freezing``: inductor fuses the
 elementwise work of a layer into a few C++ (or, on a GPU, Triton) kernels, and with freezing it
-treats the weights as constants and prepacks the linear layers itself (oneDNN on a CPU), the same
-kernel ``layerskip.fast_linear.PackedLinear`` calls eagerly. The token count and the cache capacity
-are symbolic (the model's widths are not), so one graph per layer range ``(first, last)`` and its
+treats the weights as constants and prepacks dense linear layers itself (oneDNN on a CPU, the
+kernel ``layerskip.fast_linear.PackedLinear`` calls eagerly); layers on the weight-streaming bf16
+kernel (``StreamedLinear``) keep it, called from the compiled code as one registered op. The
+token count and the cache capacity are symbolic (the model's widths are not), so one graph per layer range ``(first, last)`` and its
 one-token specialisation serve every step and every generation: autoregressive decoding compiles the full range, a
 self-speculative draft at exit E ``(0, E)`` and its verification ``(E, L)``; the prompt's prefill
 goes through the multi-token graph of its range. Forwards without a cache (training) and layer-skip
@@ -24,8 +25,6 @@ property of the compiled model against itself, checked like the eager one's.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 import weakref
 
 import torch
@@ -33,14 +32,14 @@ import torch
 from layerskip.cache import KVCache
 from layerskip.errors import LayerskipError
 from layerskip.model import LlamaForCausalLM
+from layerskip.native import cpu_compiler_problem
 
 
 def compiler_problem(device: torch.device) -> str | None:
     """Why ``torch.compile`` cannot build kernels for ``device`` here (None: it can)."""
     if device.type == "cuda":
         return None if importlib.util.find_spec("triton") else "torch.compile on CUDA needs triton (pip install triton)"
-    compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
-    if not any(c and shutil.which(c) for c in compilers):
+    if cpu_compiler_problem():
         return "torch.compile on a CPU needs a C++ compiler (g++ or clang++; apt-get install g++)"
     return None
 
@@ -54,7 +53,7 @@ def require_compiler(device: torch.device) -> None:
 
 def compile_layers(model: LlamaForCausalLM) -> LlamaForCausalLM:
     """Decode through the compiled layer loop (module docstring); returns the model. Call it on a model
-    prepared with dense (not prepacked) projections (``prepare_for_inference(model, dense_layers=True)``),
+    prepared without oneDNN-prepacked layers (``prepare_for_inference(model, for_compile=True)``),
     whose weights do not change afterwards: they are frozen into the compiled graphs."""
     require_compiler(model.device)
 
@@ -64,22 +63,41 @@ def compile_layers(model: LlamaForCausalLM) -> LlamaForCausalLM:
 
     compiled = torch.compile(loop)
 
-    marked: weakref.WeakSet[KVCache] = weakref.WeakSet()
+    # per cache: the one-token calls (layer range, grad mode) that already ran with every guard checked
+    checked: weakref.WeakKeyDictionary[KVCache, set[tuple[int, int, bool, bool]]] = weakref.WeakKeyDictionary()
 
     def layers(hidden: torch.Tensor, first: int, last: int, cache: KVCache, slots: torch.Tensor, cos: torch.Tensor,
                sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # symbolic token count and cache capacity, the model's widths static (kernels for its real
         # sizes). Marking costs ~20 us a tensor: a cache's buffers are marked once, and a one-token
         # step marks only the mask's capacity (a size 1 stays specialised: the one-token graph)
-        if cache not in marked:
+        if cache not in checked:
             for buffer in (*cache.keys, *cache.values):
                 torch._dynamo.maybe_mark_dynamic(buffer, 2)
-            marked.add(cache)
-        dims = ((mask, 3),) if hidden.shape[1] == 1 else ((hidden, 1), (slots, 0), (cos, 1), (sin, 1), (mask, 2), (mask, 3))
+            checked[cache] = set()
+        one = hidden.shape[1] == 1
+        dims = ((mask, 3),) if one else ((hidden, 1), (slots, 0), (cos, 1), (sin, 1), (mask, 2), (mask, 3))
         for tensor, dim in dims:
             torch._dynamo.maybe_mark_dynamic(tensor, dim)
+        # Checking every guard costs ~0.6 ms a call (~3000 guards, most on the model's modules). A
+        # one-token call on a cache where the same call already passed them all has inputs of the same
+        # shapes, dtypes and buffers, so only the guards that tell the cached graphs apart are checked.
+        # Dynamo refuses (before running anything) when those do not settle which graph applies, e.g.
+        # after another model's graphs joined the cache: then every guard is checked again.
+        kind = (first, last, torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+        args = (hidden, first, last, cache, slots, cos, sin, mask)
         with torch._inductor.config.patch(freezing=True):  # (torch.compile's options= does not reach it)
-            return compiled(hidden, first, last, cache, slots, cos, sin, mask)
+            if one and kind in checked[cache]:
+                try:
+                    with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                        return compiled(*args)
+                except RuntimeError as error:
+                    if "skip_guard_eval_unsafe" not in str(error):
+                        raise
+            out = compiled(*args)
+        if one:
+            checked[cache].add(kind)
+        return out
 
     model.compiled_layers = layers
     return model

@@ -9,14 +9,22 @@ its checkpoint is read (parameter names on disk and the unfused training model a
 - ``quantize="int8"``: every decoder projection stores int8 weights with one float scale per output
   channel (symmetric absmax, ``w ≈ q * scale``); the LM head and embedding stay in the model dtype.
 
-Kernel choice (measured on a 2-core AVX2 EPYC; BENCHMARKS.md, "Engine speed"): float32 weights on
-CPU are prepacked once for oneDNN (``PackedLinear``): with the weights streamed from memory, as in a
-decoding step, it reads them at about twice the speed of ``F.linear`` (whose MKL path runs one thread
-for a single token on this CPU) and a (k+1)-token verification costs little more than one token. Its
-output rows do not depend on how many rows are computed together (``F.linear``'s do), so a one-token
-step and a verification of k+1 tokens give the same logits bit for bit in float32. Other dtypes and
-devices use ``F.linear``. Int8 uses ``aten._weight_int8pack_mm`` with bfloat16 activations on CPU (its
-float32-activation path was ~15x slower here) and dequantizes on other devices.
+Kernel choice (``make_linear``, kernel ``auto``; measured in BENCHMARKS.md, "Engine speed"):
+
+- ``streamed`` (``StreamedLinear``): bfloat16 weights on a CPU with AVX-512 BF16, through layerskip's
+  own kernel (``layerskip/csrc/bf16_stream.cpp``, built on first use by ``layerskip.native``). It
+  reads every weight byte once, in address order, for 1 to 12 tokens alike: at the machine's read
+  bandwidth for a decoding step, ~1.8x oneDNN's bf16 kernel on a 2-core Zen 5, and a 5-token
+  verification costs about what one token does.
+- ``packed`` (``PackedLinear``): float32 weights on a CPU (and bfloat16 where the streamed kernel
+  cannot be built) prepacked once for oneDNN: with the weights streamed from memory it reads them at
+  about twice the speed of ``F.linear`` (whose MKL path runs one thread for a single token).
+- ``dense``: ``F.linear``, for other dtypes and devices.
+
+Both CPU kernels compute every output row the same way however many rows there are (``F.linear``
+does not), so a one-token step and a verification of k+1 tokens give the same logits bit for bit.
+Int8 uses ``aten._weight_int8pack_mm`` with bfloat16 activations on CPU (its float32-activation path
+was ~15x slower here) and dequantizes on other devices.
 """
 
 from __future__ import annotations
@@ -29,8 +37,12 @@ from torch import nn
 
 from layerskip.errors import LayerskipError
 from layerskip.fingerprint import base_fingerprint
+from layerskip.native import cpu_kernels
 
 QUANTIZATIONS = ("none", "int8")
+KERNELS = ("auto", "streamed", "packed", "dense")
+#: query tokens up to which attention over a KV cache runs the native kernel (decoding, verification)
+NATIVE_ATTENTION_QUERIES = 16
 
 
 class Int8Linear(nn.Module):
@@ -78,6 +90,34 @@ def packs(weight: torch.Tensor) -> bool:
     return weight.dtype == torch.bfloat16 and cpu_has_native_bf16()
 
 
+def streams(weight: torch.Tensor) -> bool:
+    """Whether ``weight`` gets the weight-streaming kernel: bfloat16 on a CPU where it is built
+    (``layerskip.native``), with an even input width."""
+    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and weight.shape[1] % 2 == 0
+            and cpu_kernels())
+
+
+class StreamedLinear(nn.Module):
+    """``y = x @ weight.T + bias`` through ``torch.ops.layerskip.bf16_linear`` over a weight packed once
+    (``pack_bf16``: blocks of 32 rows in the VNNI order of ``vdpbf16ps``; module docstring).
+
+    x ``[..., in]`` bfloat16 -> ``[..., out]``. ``keep_weight``: also keep ``weight`` as a parameter (the
+    LM head's is the embedding table too). A registered op: ``torch.compile`` traces it as one call.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, keep_weight: bool = False) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("packed", torch.ops.layerskip.pack_bf16(weight.detach().contiguous()))
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        if keep_weight:
+            self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.layerskip.bf16_linear(x, self.packed, self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
 class PackedLinear(nn.Module):
     """``y = x @ weight.T + bias`` with the weight reordered once into oneDNN's blocked layout.
 
@@ -99,15 +139,30 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
-def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, quantize: str = "none", pack: bool = True) -> nn.Module:
-    """The inference kernel for one weight ``[out, in]``: ``Int8Linear``, ``PackedLinear`` (unless
-    ``pack`` is False: the dense kernel, for side-by-side measurements) or ``nn.Linear``."""
+def choose_kernel(weight: torch.Tensor, kernel: str = "auto") -> str:
+    """The kernel ``make_linear`` gives ``weight`` (module docstring): ``auto`` is the fastest that
+    applies; ``streamed`` or ``packed`` where it does not apply falls back the same way."""
+    if kernel == "dense":
+        return "dense"
+    if kernel in ("auto", "streamed") and streams(weight):
+        return "streamed"
+    return "packed" if packs(weight) else "dense"
+
+
+def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, quantize: str = "none", kernel: str = "auto",
+                keep_weight: bool = False) -> nn.Module:
+    """The inference module for one weight ``[out, in]``: ``Int8Linear`` or the kernel ``choose_kernel``
+    picks (``StreamedLinear``, ``PackedLinear`` or ``nn.Linear``; ``keep_weight``: the packed kernels
+    also keep the weight as a parameter)."""
     if quantize == "int8":
         return Int8Linear(weight, bias)
-    if pack and packs(weight):
-        return PackedLinear(weight, bias)
+    chosen = choose_kernel(weight, kernel)
+    if chosen == "streamed":
+        return StreamedLinear(weight, bias, keep_weight)
+    if chosen == "packed":
+        return PackedLinear(weight, bias, keep_weight)
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    layer.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight.detach(), requires_grad=False)
     if bias is not None:
         layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
     return layer
@@ -120,7 +175,7 @@ class FusedLinear(nn.Module):
     group of adjacent layers: ``groups=(2, 1)`` over q, k, v gives ``([..., q+k], [..., v])``.
     """
 
-    def __init__(self, parts: Sequence[nn.Linear], quantize: str = "none", pack: bool = True,
+    def __init__(self, parts: Sequence[nn.Linear], quantize: str = "none", kernel: str = "auto",
                  groups: Sequence[int] | None = None) -> None:
         super().__init__()
         counts = list(groups or [1] * len(parts))
@@ -131,7 +186,7 @@ class FusedLinear(nn.Module):
         weight = torch.cat([p.weight for p in parts])
         biases = [p.bias for p in parts]
         bias = None if biases[0] is None else torch.cat(biases)  # type: ignore[arg-type]
-        self.inner = make_linear(weight, bias, quantize, pack)
+        self.inner = make_linear(weight, bias, quantize, kernel)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.inner(x).split(self.sizes, dim=-1)
@@ -143,34 +198,51 @@ def check_quantize(name: str) -> str:
     return name
 
 
-def prepare_layer(layer: nn.Module, quantize: str = "none", pack: bool = True) -> None:
+def check_kernel(name: str) -> str:
+    if name not in KERNELS:
+        raise LayerskipError(f"unknown --kernel {name!r} (use {', '.join(KERNELS)})")
+    return name
+
+
+def prepare_layer(layer: nn.Module, quantize: str = "none", kernel: str = "auto") -> None:
     """Fuse q/k/v (and gate/up, if the layer has an MLP) of one ``DecoderLayer`` and give every
     projection the kernel ``make_linear`` picks (in place; inference only)."""
     attn = layer.self_attn
-    attn.qkv_proj = FusedLinear([attn.q_proj, attn.k_proj, attn.v_proj], quantize, pack, groups=(2, 1))
+    attn.qkv_proj = FusedLinear([attn.q_proj, attn.k_proj, attn.v_proj], quantize, kernel, groups=(2, 1))
     del attn.q_proj, attn.k_proj, attn.v_proj
-    attn.o_proj = make_linear(attn.o_proj.weight, attn.o_proj.bias, quantize, pack)
+    attn.o_proj = make_linear(attn.o_proj.weight, attn.o_proj.bias, quantize, kernel)
     if hasattr(layer, "mlp"):
         mlp = layer.mlp
-        mlp.gate_up_proj = FusedLinear([mlp.gate_proj, mlp.up_proj], quantize, pack)
+        mlp.gate_up_proj = FusedLinear([mlp.gate_proj, mlp.up_proj], quantize, kernel)
         del mlp.gate_proj, mlp.up_proj
-        mlp.down_proj = make_linear(mlp.down_proj.weight, mlp.down_proj.bias, quantize, pack)
+        mlp.down_proj = make_linear(mlp.down_proj.weight, mlp.down_proj.bias, quantize, kernel)
 
 
-def prepare_for_inference(model: nn.Module, quantize: str = "none", pack: bool = True,
-                          dense_layers: bool = False) -> nn.Module:
+def prepare_for_inference(model: nn.Module, quantize: str = "none", kernel: str = "auto",
+                          for_compile: bool = False) -> nn.Module:
     """Prepare every decoder layer of a ``LlamaForCausalLM`` (``prepare_layer``: fused projections,
-    optionally int8, the kernel ``make_linear`` picks) and give the LM head the prepacked kernel where
-    it applies (in place; returns the model; ``pack=False`` keeps the dense kernel everywhere,
-    ``dense_layers`` in the decoder layers only: ``layerskip.compiled`` packs those itself). Inference
-    only: the prepared model's parameter names differ from the checkpoint's, so train and save the
-    unprepared model."""
+    optionally int8, the kernel ``make_linear`` picks) and give the LM head its kernel too (in place;
+    returns the model). ``kernel``: ``auto`` or one kernel everywhere it applies (module docstring).
+    With ``auto`` on a CPU where ``layerskip.native`` is built, attention of up to
+    ``NATIVE_ATTENTION_QUERIES`` tokens over a KV cache runs its native kernel too.
+    ``for_compile``: the decoder layers get no oneDNN-prepacked weights, which ``torch.compile`` cannot
+    trace (``layerskip.compiled`` prepacks dense ones itself; the streamed kernel is a traceable op).
+    Inference only: the prepared model's parameter names differ from the checkpoint's, so train and
+    save the unprepared model."""
     check_quantize(quantize)
+    check_kernel(kernel)
     base_fingerprint(model)  # of the checkpoint's own weights, cached before they are fused or quantized
+    head_dim = model.config.head_dim
+    native_attention = (kernel == "auto" and model.device.type == "cpu" and head_dim % 16 == 0 and head_dim <= 128
+                        and cpu_kernels())
     with torch.no_grad():
         for layer in model.model.layers:
-            prepare_layer(layer, quantize, pack and not dense_layers)
+            layer.self_attn.native_queries = NATIVE_ATTENTION_QUERIES if native_attention else 0
+            chosen = kernel
+            if for_compile and choose_kernel(layer.self_attn.o_proj.weight, kernel) == "packed":
+                chosen = "dense"
+            prepare_layer(layer, quantize, chosen)
         head = model.lm_head
-        if pack and packs(head.weight):
-            model.lm_head = PackedLinear(head.weight, head.bias, keep_weight=True)
+        if choose_kernel(head.weight, kernel) != "dense":
+            model.lm_head = make_linear(head.weight, head.bias, kernel=kernel, keep_weight=True)
     return model

@@ -243,7 +243,7 @@ def load(model: str | None = None, device: str = "auto", dtype: str = "auto", qu
         raise LayerskipError(f"the shipped model is missing from {path}; pass --model")
     net = load_model(path, dev, resolve_dtype(dtype, dev, ModelConfig.from_file(path / "config.json")))
     if prepare:
-        prepare_for_inference(net, quantize, dense_layers=compile)
+        prepare_for_inference(net, quantize, for_compile=compile)
         if compile:
             compile_layers(net)
     return LoadedModel(path, net, load_tokenizer(path), recommended_settings(path))

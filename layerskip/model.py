@@ -66,6 +66,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
         self.qkv_proj: nn.Module | None = None  # set by layerskip.fast_linear.prepare_for_inference
+        # attend up to this many query tokens over a KV cache with torch.ops.layerskip.cached_attention
+        # (layerskip.native; set by prepare_for_inference where it is built), more with PyTorch's SDPA
+        self.native_queries = 0
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x ``[batch, T, dim]`` -> qk ``[batch, T, (heads + kv_heads) * head_dim]`` (queries then keys,
@@ -106,9 +109,12 @@ class Attention(nn.Module):
             causal = False
         else:
             causal = mask is None and t > 1
-        gqa = self.n_heads != self.n_kv
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim).to(x.dtype))
+        if cache is not None and t <= self.native_queries:
+            out = torch.ops.layerskip.cached_attention(q.transpose(1, 2), k, v, mask, self.head_dim**-0.5)
+        else:
+            gqa = self.n_heads != self.n_kv
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa).transpose(1, 2)
+        return self.o_proj(out.reshape(b, t, self.n_heads * self.head_dim).to(x.dtype))
 
 
 class MLP(nn.Module):

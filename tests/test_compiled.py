@@ -27,7 +27,7 @@ def test_compiled_decoding_equals_eager_and_self_speculation_stays_exact(tiny_di
     for m in (eager, model):
         dampen_layers(m, 2, 0.3)  # exit-2 drafts agree with the full model often
     prepare_for_inference(eager)
-    compile_layers(prepare_for_inference(model, dense_layers=True))
+    compile_layers(prepare_for_inference(model, for_compile=True))
     compiled_calls = []
     real = model.compiled_layers
 
@@ -53,7 +53,26 @@ def test_compiled_decoding_equals_eager_and_self_speculation_stays_exact(tiny_di
 def test_compile_bad_input_is_one_line_before_loading(tiny_dir, monkeypatch):
     assert_one_line_error(run_cli("generate", "--model", str(tiny_dir), "--compile", "True", "--quantize", "int8",
                                   "--prompt", "x"), "--compile applies to --quantize none")
-    monkeypatch.setattr("layerskip.compiled.shutil.which", lambda name: None)
+    monkeypatch.setattr("layerskip.native.shutil.which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)
     assert_one_line_error(run_cli("generate", "--model", str(tiny_dir), "--compile", "True", "--prompt", "x"),
                           "--compile: torch.compile on a CPU needs a C++ compiler")
+
+
+@needs_compiler
+def test_two_compiled_models_in_one_process_each_decode_their_own_tokens(tiny_dir):
+    """One-token calls skip most guards once checked (layerskip.compiled): the graphs of two models
+    (same code, different weights) must still never be mixed up."""
+    eager = [load_model(tiny_dir, torch.device("cpu"), torch.float32) for _ in range(2)]
+    compiled = [load_model(tiny_dir, torch.device("cpu"), torch.float32) for _ in range(2)]
+    for pair in (eager, compiled):
+        dampen_layers(pair[1], 1, 0.2)  # the second model differs from the first
+        for m in pair:
+            prepare_for_inference(m, for_compile=m in compiled)
+    for m in compiled:
+        compile_layers(m)
+    config = GenerationConfig(max_steps=12, sampling=GREEDY)
+    expected = [generate(m, PROMPT, config).token_ids for m in eager]
+    assert expected[0] != expected[1]
+    for _ in range(2):  # alternate: each model's one-token graph reused after the other's ran
+        assert [generate(m, PROMPT, config).token_ids for m in compiled] == expected

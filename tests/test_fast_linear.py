@@ -7,7 +7,7 @@ import torch
 
 from layerskip.drafting import EarlyExitDrafter
 from layerskip.errors import LayerskipError
-from layerskip.fast_linear import FusedLinear, Int8Linear, PackedLinear, cpu_has_native_bf16, prepare_for_inference
+from layerskip.fast_linear import FusedLinear, Int8Linear, PackedLinear, StreamedLinear, cpu_has_native_bf16, prepare_for_inference
 from layerskip.generation import Decoding, GenerationConfig, generate
 from layerskip.loading import load, load_model
 from layerskip.sampling import SamplingConfig
@@ -89,7 +89,7 @@ def test_bfloat16_model_on_cpu_attends_in_float32_and_follows_its_float32_logits
     reference = load_model(tiny_dir, torch.device("cpu"), torch.float32)
     model = prepare_for_inference(load_model(tiny_dir, torch.device("cpu"), torch.bfloat16))
     assert model.dtype == torch.bfloat16 and model.attention_dtype == torch.float32
-    assert isinstance(model.lm_head, PackedLinear) == cpu_has_native_bf16()
+    assert isinstance(model.lm_head, (PackedLinear, StreamedLinear)) == cpu_has_native_bf16()
     tokens = torch.tensor([[0, 17, 42, 99, 7, 3]])
     logits = model(tokens)
     assert logits.dtype == torch.bfloat16
