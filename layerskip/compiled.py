@@ -9,9 +9,10 @@ elementwise work of a layer into a few C++ (or, on a GPU, Triton) kernels, and w
 treats the weights as constants and prepacks dense linear layers itself (oneDNN on a CPU, the
 kernel ``layerskip.fast_linear.PackedLinear`` calls eagerly); layers on the weight-streaming bf16
 kernel (``StreamedLinear``) keep it, called from the compiled code as one registered op. The
-token count and the cache capacity are symbolic (the model's widths are not), so one graph per layer range ``(first, last)`` and its
-one-token specialisation serve every step and every generation: autoregressive decoding compiles the full range, a
-self-speculative draft at exit E ``(0, E)`` and its verification ``(E, L)``; the prompt's prefill
+token count and the cache capacity are symbolic (the model's widths are not), so one graph per
+layer range ``(first, last)`` and its one-token specialisation serve every step and every
+generation: autoregressive decoding compiles the full range, a self-speculative draft at exit E
+``(0, E)`` and its verification ``(E, L)``; the prompt's prefill
 goes through the multi-token graph of its range. Forwards without a cache (training) and layer-skip
 drafts stay eager (``layer_loop`` is the same code).
 
@@ -63,8 +64,9 @@ def compile_layers(model: LlamaForCausalLM) -> LlamaForCausalLM:
 
     compiled = torch.compile(loop)
 
-    # per cache: the one-token calls (layer range, grad mode) that already ran with every guard checked
-    checked: weakref.WeakKeyDictionary[KVCache, set[tuple[int, int, bool, bool]]] = weakref.WeakKeyDictionary()
+    # per cache: the one-token calls (layer range, grad mode) that already ran with every guard checked;
+    # None once dynamo refused to pick a graph from the differentiating guards alone on this cache
+    checked: weakref.WeakKeyDictionary[KVCache, set[tuple[int, int, bool, bool]] | None] = weakref.WeakKeyDictionary()
 
     def layers(hidden: torch.Tensor, first: int, last: int, cache: KVCache, slots: torch.Tensor, cos: torch.Tensor,
                sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -83,20 +85,22 @@ def compile_layers(model: LlamaForCausalLM) -> LlamaForCausalLM:
         # one-token call on a cache where the same call already passed them all has inputs of the same
         # shapes, dtypes and buffers, so only the guards that tell the cached graphs apart are checked.
         # Dynamo refuses (before running anything) when those do not settle which graph applies, e.g.
-        # after another model's graphs joined the cache: then every guard is checked again.
+        # after another model's graphs joined the cache: then every guard is checked, from then on.
         kind = (first, last, torch.is_inference_mode_enabled(), torch.is_grad_enabled())
         args = (hidden, first, last, cache, slots, cos, sin, mask)
+        trusted = checked[cache]
         with torch._inductor.config.patch(freezing=True):  # (torch.compile's options= does not reach it)
-            if one and kind in checked[cache]:
+            if one and trusted is not None and kind in trusted:
                 try:
                     with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                         return compiled(*args)
                 except RuntimeError as error:
                     if "skip_guard_eval_unsafe" not in str(error):
                         raise
+                    trusted = checked[cache] = None
             out = compiled(*args)
-        if one:
-            checked[cache].add(kind)
+        if one and trusted is not None:
+            trusted.add(kind)
         return out
 
     model.compiled_layers = layers

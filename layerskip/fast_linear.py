@@ -90,6 +90,12 @@ def packs(weight: torch.Tensor) -> bool:
     return weight.dtype == torch.bfloat16 and cpu_has_native_bf16()
 
 
+def keep(module: nn.Module, weight: torch.Tensor) -> None:
+    """Give a packed kernel ``module`` its source ``weight`` as a parameter too (the LM head's: the
+    embedding table and the draft heads' rows)."""
+    module.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+
+
 def streams(weight: torch.Tensor) -> bool:
     """Whether ``weight`` gets the weight-streaming kernel: bfloat16 on a CPU where it is built
     (``layerskip.native``), with an even input width."""
@@ -111,7 +117,7 @@ class StreamedLinear(nn.Module):
         self.register_buffer("packed", torch.ops.layerskip.pack_bf16(weight.detach().contiguous()))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         if keep_weight:
-            self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+            keep(self, weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.layerskip.bf16_linear(x, self.packed, self.out_features)
@@ -133,7 +139,7 @@ class PackedLinear(nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         if keep_weight:
-            self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+            keep(self, weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -162,7 +168,7 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, quantize: str =
     if chosen == "packed":
         return PackedLinear(weight, bias, keep_weight)
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    layer.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight.detach(), requires_grad=False)
+    layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
     if bias is not None:
         layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
     return layer
@@ -198,12 +204,6 @@ def check_quantize(name: str) -> str:
     return name
 
 
-def check_kernel(name: str) -> str:
-    if name not in KERNELS:
-        raise LayerskipError(f"unknown --kernel {name!r} (use {', '.join(KERNELS)})")
-    return name
-
-
 def prepare_layer(layer: nn.Module, quantize: str = "none", kernel: str = "auto") -> None:
     """Fuse q/k/v (and gate/up, if the layer has an MLP) of one ``DecoderLayer`` and give every
     projection the kernel ``make_linear`` picks (in place; inference only)."""
@@ -230,7 +230,8 @@ def prepare_for_inference(model: nn.Module, quantize: str = "none", kernel: str 
     Inference only: the prepared model's parameter names differ from the checkpoint's, so train and
     save the unprepared model."""
     check_quantize(quantize)
-    check_kernel(kernel)
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r} (use {', '.join(KERNELS)})")
     base_fingerprint(model)  # of the checkpoint's own weights, cached before they are fused or quantized
     head_dim = model.config.head_dim
     native_attention = (kernel == "auto" and model.device.type == "cpu" and head_dim % 16 == 0 and head_dim <= 128

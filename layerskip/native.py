@@ -50,18 +50,19 @@ def cpu_flags() -> set[str]:
 
 
 @functools.cache
-def _build() -> tuple[bool, str | None]:
+def _build() -> str | None:
+    """Build and load the kernels once per process; why they are not available (None: loaded)."""
     if platform.machine().lower() not in ("x86_64", "amd64") or not {"avx512_bf16", "avx512bw"} <= cpu_flags():
-        return False, "the CPU has no AVX-512 BF16"
+        return "the CPU has no AVX-512 BF16"
     problem = cpu_compiler_problem()
     if problem:
-        return False, problem
+        return problem
     from torch.utils import cpp_extension
 
     try:
         cpp_extension.verify_ninja_availability()
     except RuntimeError:
-        return False, "ninja is not installed (pip install ninja)"
+        return "ninja is not installed (pip install ninja)"
     try:
         cpp_extension.load(
             name="layerskip_cpu_kernels",
@@ -72,11 +73,11 @@ def _build() -> tuple[bool, str | None]:
             verbose=False,
         )
     except (RuntimeError, OSError) as error:
-        return False, f"building layerskip/csrc failed: {str(error).strip().splitlines()[0]}"
+        return f"building layerskip/csrc failed: {str(error).strip().splitlines()[0]}"
 
     torch.library.register_fake("layerskip::bf16_linear")(_bf16_linear_shape)
     torch.library.register_fake("layerskip::cached_attention")(_cached_attention_shape)
-    return True, None
+    return None
 
 
 def _bf16_linear_shape(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:
@@ -94,7 +95,7 @@ def cpu_kernels_problem() -> str | None:
     """Why the native CPU kernels are not available here (None: they are; built on first use)."""
     if os.environ.get("LAYERSKIP_NATIVE", "1") == "0":
         return "native kernels are off (LAYERSKIP_NATIVE=0)"
-    return _build()[1]
+    return _build()
 
 
 def cpu_kernels() -> bool:

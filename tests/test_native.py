@@ -71,6 +71,13 @@ def test_kernel_choice_per_weight() -> None:
     assert choose_kernel(bf16, "dense") == "dense"
 
 
+def test_unknown_kernel_is_refused_before_any_weight_is_touched(tiny_dir) -> None:
+    model = load_model(tiny_dir, torch.device("cpu"), torch.float32)
+    with pytest.raises(ValueError, match="unknown kernel 'fast'"):
+        prepare_for_inference(model, kernel="fast")
+    assert hasattr(model.model.layers[0].self_attn, "q_proj")  # still the checkpoint's own modules
+
+
 @needs_native
 def test_streamed_model_matches_the_onednn_model_and_keeps_the_head_weight(tiny_dir) -> None:
     greedy = GenerationConfig(max_steps=12, sampling=SamplingConfig(sample=False))
