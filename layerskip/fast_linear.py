@@ -38,6 +38,7 @@ from torch import nn
 from layerskip.errors import LayerskipError
 from layerskip.fingerprint import base_fingerprint
 from layerskip.native import cpu_kernels
+from layerskip.native_blocks import AttentionBlock, MLPBlock
 
 QUANTIZATIONS = ("none", "int8")
 KERNELS = ("auto", "streamed", "packed", "dense")
@@ -218,6 +219,18 @@ def prepare_layer(layer: nn.Module, quantize: str = "none", kernel: str = "auto"
         mlp.down_proj = make_linear(mlp.down_proj.weight, mlp.down_proj.bias, quantize, kernel)
 
 
+def attach_blocks(layer: nn.Module) -> None:
+    """Give a prepared ``DecoderLayer`` (``prepare_layer``) each sublayer as one native call
+    (``layerskip.native_blocks``) where its attention runs natively and all its projections stream bf16
+    weights (in place)."""
+    attn = layer.self_attn
+    if attn.native_queries > 0 and isinstance(attn.qkv_proj.inner, StreamedLinear) and isinstance(attn.o_proj, StreamedLinear):
+        layer.attn_block = AttentionBlock(layer.input_layernorm, attn)
+        mlp = getattr(layer, "mlp", None)
+        if mlp is not None and isinstance(mlp.gate_up_proj.inner, StreamedLinear) and isinstance(mlp.down_proj, StreamedLinear):
+            layer.mlp_block = MLPBlock(layer.post_attention_layernorm, mlp)
+
+
 def prepare_for_inference(model: nn.Module, quantize: str = "none", kernel: str = "auto",
                           for_compile: bool = False) -> nn.Module:
     """Prepare every decoder layer of a ``LlamaForCausalLM`` (``prepare_layer``: fused projections,
@@ -243,6 +256,8 @@ def prepare_for_inference(model: nn.Module, quantize: str = "none", kernel: str 
             if for_compile and choose_kernel(layer.self_attn.o_proj.weight, kernel) == "packed":
                 chosen = "dense"
             prepare_layer(layer, quantize, chosen)
+            if native_attention and not for_compile:
+                attach_blocks(layer)
         head = model.lm_head
         if choose_kernel(head.weight, kernel) != "dense":
             model.lm_head = make_linear(head.weight, head.bias, kernel=kernel, keep_weight=True)

@@ -145,6 +145,10 @@ class DecoderLayer(nn.Module):
         if cfg.intermediate_size > 0:
             self.mlp = MLP(cfg)
             self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        # each sublayer (norm included) as one native call, used for the tokens native attention takes
+        # (layerskip.native_blocks; set by prepare_for_inference where they apply)
+        self.attn_block: Callable[..., torch.Tensor] | None = None
+        self.mlp_block: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(
         self,
@@ -159,10 +163,17 @@ class DecoderLayer(nn.Module):
         skip_mlp: bool = False,
     ) -> torch.Tensor:
         """hidden ``[batch, T, dim]`` -> ``[batch, T, dim]``; K/V go to layer ``index`` of ``cache``."""
+        native = cache is not None and hidden.shape[1] <= self.self_attn.native_queries
         if not skip_attn:
-            hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, index, cache, slots, mask)
+            if native and self.attn_block is not None:
+                hidden = self.attn_block(hidden, cos, sin, cache.keys[index], cache.values[index], slots, mask)
+            else:
+                hidden = hidden + self.self_attn(self.input_layernorm(hidden), cos, sin, index, cache, slots, mask)
         if not skip_mlp and hasattr(self, "mlp"):
-            hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
+            if native and self.mlp_block is not None:
+                hidden = self.mlp_block(hidden)
+            else:
+                hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
         return hidden
 
 

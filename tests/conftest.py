@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,8 +13,13 @@ from helpers import CHAT_TEMPLATE, make_checkpoint  # noqa: E402
 
 from layerskip.fast_linear import prepare_for_inference  # noqa: E402
 from layerskip.loading import load_model  # noqa: E402
+from layerskip.native import kernels_root  # noqa: E402
 
 torch.set_num_threads(2)
+
+# one build of the native kernels for the whole run, in the user's cache, whatever LAYERSKIP_HOME a test sets
+# (the tests of the build itself give it a root of their own)
+os.environ.setdefault("LAYERSKIP_KERNELS", str(kernels_root()))
 
 
 @pytest.fixture(autouse=True)

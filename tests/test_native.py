@@ -110,18 +110,18 @@ def test_native_kernels_can_be_turned_off(monkeypatch) -> None:
 def test_no_avx512_bf16_or_compiler_is_a_reason_not_a_failure(monkeypatch) -> None:
     monkeypatch.delenv("LAYERSKIP_NATIVE", raising=False)
     monkeypatch.setattr(native, "cpu_flags", lambda: {"avx2"})
-    native._build.cache_clear()
+    native._load.cache_clear()
     try:
         assert native.cpu_kernels_problem() == "the CPU has no AVX-512 BF16"
         monkeypatch.setattr(native, "cpu_flags", lambda: {"avx512_bf16", "avx512bw"})
         monkeypatch.setattr(native.shutil, "which", lambda name: None)
         monkeypatch.delenv("CXX", raising=False)
-        native._build.cache_clear()
+        native._load.cache_clear()
         if native.platform.machine().lower() in ("x86_64", "amd64"):
             assert "no C++ compiler" in native.cpu_kernels_problem()
     finally:
         monkeypatch.undo()
-        native._build.cache_clear()
+        native._load.cache_clear()
 
 
 def sdpa_reference(q, k, v, mask):
@@ -190,3 +190,73 @@ def test_float32_model_attends_through_the_native_kernel_like_sdpa(tiny_dir) -> 
     assert expected.token_ids == generate(sdpa_model, prompt, greedy).token_ids
     decoding = Strategy("layerskip", "self_speculative", DraftConfig(2, 3)).decoding(native_model.num_layers)
     assert generate(native_model, prompt, greedy, decoding).token_ids == expected.token_ids
+
+
+def blocks_of(model) -> list[tuple]:
+    return [(layer, layer.attn_block, layer.mlp_block) for layer in model.model.layers]
+
+
+def set_blocks(blocks: list[tuple], on: bool) -> None:
+    for layer, attn, mlp in blocks:
+        layer.attn_block, layer.mlp_block = (attn, mlp) if on else (None, None)
+
+
+def decode_hidden(model, prompt: torch.Tensor, steps: torch.Tensor, one_at_a_time: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last layer's hidden states ``[1, T, dim]`` of ``steps`` ``[1, T]`` after ``prompt`` over a static
+    cache, and that cache's keys of layer 1: T tokens in one call, or one call per token."""
+    from layerskip.cache import KVCache
+
+    cache = KVCache(model.config, 1, 64, "cpu", model.attention_dtype)
+    model.run_layers(model.embed(prompt), 0, model.num_layers, cache, 0)
+    start = prompt.shape[1]
+    if not one_at_a_time:
+        return model.run_layers(model.embed(steps), 0, model.num_layers, cache, start), cache.keys[1]
+    outs = [model.run_layers(model.embed(steps[:, t : t + 1]), 0, model.num_layers, cache, start + t)
+            for t in range(steps.shape[1])]
+    return torch.cat(outs, dim=1), cache.keys[1]
+
+
+@needs_native
+@pytest.mark.parametrize("bias", [False, True])
+@torch.inference_mode()
+def test_decoder_blocks_compute_the_module_path_and_rows_do_not_depend_on_the_token_count(tmp_path, bias: bool) -> None:
+    """The one-call sublayers (layerskip.native_blocks) agree with the module path to bf16 rounding, write
+    the same cache, and give a (k+1)-token verification the rows of k+1 one-token steps bit for bit."""
+    from helpers import make_checkpoint
+
+    model = prepare_for_inference(load_model(make_checkpoint(tmp_path, init_std=0.1, bias=bias), torch.device("cpu"),
+                                             torch.bfloat16))
+    blocks = blocks_of(model)
+    assert all(attn is not None and mlp is not None for _, attn, mlp in blocks)
+    prompt, steps = torch.tensor([[1, 17, 42, 99, 7, 3, 250, 12]]), torch.tensor([[5, 61, 88, 140, 2]])
+    together, keys = decode_hidden(model, prompt, steps, one_at_a_time=False)
+    alone, keys_alone = decode_hidden(model, prompt, steps, one_at_a_time=True)
+    assert torch.equal(together, alone) and torch.equal(keys, keys_alone)
+    set_blocks(blocks, False)
+    modules, module_keys = decode_hidden(model, prompt, steps, one_at_a_time=False)
+    set_blocks(blocks, True)
+    torch.testing.assert_close(together.float(), modules.float(), rtol=0.05, atol=0.05)
+    torch.testing.assert_close(keys, module_keys, rtol=0.02, atol=0.02)
+    assert not torch.equal(together, torch.zeros_like(together))
+
+
+@needs_native
+@torch.inference_mode()
+def test_decoder_blocks_keep_greedy_self_speculation_equal_to_autoregressive(tiny_dir) -> None:
+    """With every decoding step on the one-call sublayers, bf16 self-speculation is exact by construction
+    for drafts that stay within the native query count."""
+    from layerskip.strategy import Strategy
+
+    model = prepare_for_inference(load_model(tiny_dir, torch.device("cpu"), torch.bfloat16))
+    assert model.model.layers[0].attn_block is not None
+    greedy = GenerationConfig(max_steps=40, sampling=SamplingConfig(sample=False))
+    prompt = [0, 17, 42, 99, 7, 3]
+    reference = generate(model, prompt, greedy).token_ids
+    decoding = Strategy.parse("self_speculative:exit_layer=2,num_speculations=4").decoding(model.num_layers)
+    assert generate(model, prompt, greedy, decoding).token_ids == reference
+
+
+def test_decoder_blocks_are_not_attached_without_native_attention(tiny_dir, monkeypatch) -> None:
+    monkeypatch.setenv("LAYERSKIP_NATIVE", "0")
+    model = prepare_for_inference(load_model(tiny_dir, torch.device("cpu"), torch.bfloat16))
+    assert all(attn is None and mlp is None for _, attn, mlp in blocks_of(model))

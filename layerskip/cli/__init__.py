@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 
 from layerskip import __version__
-from layerskip.cli import benchmark, correctness, evaluate, fetch, generate, self_generate, sweep, train, train_adapter, tune
+from layerskip.cli import benchmark, correctness, env, evaluate, fetch, generate, self_generate, sweep, train, train_adapter, tune
 from layerskip.cli.arguments import ArgumentParser, HelpFormatter, SubcommandParser
 from layerskip.errors import LayerskipError
+from layerskip.threads import check_threads, set_threads
 from layerskip.validation import check_arguments
 
 
@@ -34,6 +35,7 @@ def build_parser() -> ArgumentParser:
     tune.register(subparsers)
     evaluate.register(subparsers)
     fetch.register(subparsers)
+    env.register(subparsers)
     return parser
 
 
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_arguments(args)
+        if hasattr(args, "threads"):
+            set_threads(None if args.threads is None else check_threads(args.threads, "--threads"))
         return int(args.handler(args) or 0)
     except LayerskipError as exc:
         sys.stderr.write(f"layerskip {args.command}: error: {exc}\n")

@@ -87,8 +87,16 @@ def add(parser: argparse.ArgumentParser | Any, name: str, *aliases: str, **kwarg
     parser.add_argument(*flags, dest=name, **kwargs)
 
 
+def add_threads(parser: argparse.ArgumentParser | Any) -> None:
+    """--threads: the CPU threads of torch and the native kernels (``layerskip.threads``)."""
+    add(parser, "threads", default=None,
+        help="CPU threads for torch and the native kernels (default: $LAYERSKIP_THREADS, else the CPUs this process "
+             "may run on; on a machine busy with other work, the cores left free)")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --device, --dtype, --quantize and --seed, the same in every command that loads a model."""
+    """--model, --device, --dtype, --quantize, --compile, --threads and --seed, the same in every command
+    that loads a model."""
     group = parser.add_argument_group("model")
     add(group, "model", default=None, help="checkpoint directory, .gguf file (llama), name fetched with `layerskip fetch` or Hugging Face hub id "
              "(default: the shipped model)")
@@ -100,6 +108,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add(group, "compile", type=bool, default=False,
         help="decode through torch.compile'd decoder layers (inductor, frozen weights; layerskip.compiled): "
              "faster steps after tens of seconds of compiling per layer range the first time")
+    add_threads(group)
     add(group, "seed", type=int, default=42, help="random seed (sampling, sample selection)")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from layerskip.cli.arguments import add_config_flags, config_values, subcommand
+from layerskip.cli.arguments import add_config_flags, add_threads, config_values, subcommand
 from layerskip.training.early_exit_loss import CURRICULA, SCALE_SHAPES
 from layerskip.training.layer_dropout import DEPTH_SHAPES, TIME_SHAPES
 from layerskip.training.trainer import TrainConfig
@@ -60,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and the early-exit loss with a curriculum; checkpoints are crash-safe and resumable; torchrun-ready.",
         "layerskip train --corpus stdlib --output_dir runs/my-model --steps 1500 --p_max 0.2 --curriculum rotational")
     add_config_flags(parser, TrainConfig, HELP, CHOICES, RENAMED)
+    add_threads(parser)
     parser.set_defaults(handler=run)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from layerskip.adapter import ARCHITECTURES
-from layerskip.cli.arguments import add_config_flags, config_values, subcommand
+from layerskip.cli.arguments import add_config_flags, add_threads, config_values, subcommand
 from layerskip.training.adapter_trainer import INIT_CHOICES, AdapterTrainConfig
 
 HELP = {
@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "unchanged (verification is the full model).",
         "layerskip train-adapter --model smollm2-135m-instruct --exit_layer 4 --output_dir runs/adapter")
     add_config_flags(parser, AdapterTrainConfig, HELP, CHOICES)
+    add_threads(parser)
     parser.set_defaults(handler=run)
 
 

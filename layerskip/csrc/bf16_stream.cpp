@@ -21,13 +21,15 @@
 
 #include <immintrin.h>
 
+#include "kernels.h"
+
 #if !defined(__AVX512BF16__) || !defined(__AVX512BW__)
 #error "bf16_stream needs a CPU with AVX-512 BF16 (built with -march=native)"
 #endif
 
 namespace {
 
-constexpr int64_t kBlockRows = 32;  // output rows of one packed block: two 16-lane accumulators
+using layerskip::kBlockRows;  // output rows of one packed block: two 16-lane accumulators
 constexpr int kMaxTokens = 12;      // tokens of one register tile: 2 x 12 accumulators of 32
 
 // y[t, n0 : n0 + 32] for M tokens x[t, :], from the packed block `pb` [K/2, 2, 16, 2]
@@ -97,17 +99,20 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& packed, int64_t N)
   sizes.back() = N;
   at::Tensor y = at::empty({T, N}, x.options());
   if (T == 0) return y.view(sizes);
-  const at::BFloat16* xp = rows.const_data_ptr<at::BFloat16>();
-  const at::BFloat16* pp = packed.const_data_ptr<at::BFloat16>();
-  at::BFloat16* yp = y.mutable_data_ptr<at::BFloat16>();
-  const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) block_all_tokens(xp, pp + b * kBlockRows * K, yp, T, N, K, b * kBlockRows);
-  });
+  layerskip::bf16_matmul(rows.const_data_ptr<at::BFloat16>(), packed.const_data_ptr<at::BFloat16>(),
+                         y.mutable_data_ptr<at::BFloat16>(), T, N, K);
   return y.view(sizes);
 }
 
 }  // namespace
+
+void layerskip::bf16_matmul(const at::BFloat16* x, const at::BFloat16* packed, at::BFloat16* y, int64_t T, int64_t N,
+                            int64_t K) {
+  const int64_t blocks = (N + kBlockRows - 1) / kBlockRows;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) block_all_tokens(x, packed + b * kBlockRows * K, y, T, N, K, b * kBlockRows);
+  });
+}
 
 TORCH_LIBRARY(layerskip, m) {
   m.def("pack_bf16(Tensor weight) -> Tensor");

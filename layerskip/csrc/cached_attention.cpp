@@ -20,35 +20,20 @@
 #include <limits>
 #include <vector>
 
+#include "kernels.h"
+
 #if !defined(__AVX512F__)
 #error "cached_attention needs a CPU with AVX-512 (built with -march=native)"
 #endif
 
 namespace {
 
+using layerskip::exp16;
+
 // rows (batch x query x head) below which one thread does them all: a row is ~1.5 us over ~200 visible
 // slots, a fork/join of the two threads of a 2-core CPU costs more than half of a one-token step's 9
 // rows, less than what splitting a 5-token verification's 45 rows saves (measured on a Zen 5)
-constexpr int64_t kRowsPerTask = 16;
-
-// exp(x) for 16 floats: 2^(x log2 e) = 2^n * 2^f, |f| <= 1/2, 2^f by its degree-7 Taylor polynomial
-// (relative error < 1e-7); x = -inf gives 0.
-inline __m512 exp16(__m512 x) {
-  const __mmask16 hidden = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-std::numeric_limits<float>::infinity()), _CMP_EQ_OQ);
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.6931471805599453f));  // (t - n) ln 2
-  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 720.0f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120.0f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_mov_ps(~hidden, _mm512_scalef_ps(p, n));
-}
+constexpr int64_t kRowsPerTask = 4;
 
 // out[0:D] += sum_c p[c] * v[c, 0:D] over the slots with p[c] != 0, DV = D / 16 accumulators in registers
 template <int DV>
@@ -131,33 +116,37 @@ at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k, const at::
               "cached_attention: float32 tensors");
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && mask.dim() == 4, "cached_attention: 4-d inputs");
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), KV = k.size(1), C = k.size(2);
-  const AttendFn attend = attend_for(D);
-  TORCH_CHECK(k.size(0) == B && k.size(3) == D && KV > 0 && H % KV == 0 && D % 16 == 0 && attend != nullptr,
+  TORCH_CHECK(k.size(0) == B && k.size(3) == D && KV > 0 && H % KV == 0 && layerskip::attends(D),
               "cached_attention: q [B, T, H, D] and k, v [B, KV, C, D] with KV dividing H and D one of 16, 32, .., 128");
   TORCH_CHECK(mask.size(0) == B && mask.size(1) == 1 && mask.size(2) == T && mask.size(3) == C,
               "cached_attention: mask must be [B, 1, T, C]");
   TORCH_CHECK(q.stride(3) == 1, "cached_attention: q must be contiguous in its last dimension");
   const at::Tensor kc = k.contiguous(), vc = v.contiguous(), mc = mask.contiguous();
-  const int64_t sb = q.stride(0), st = q.stride(1), sh = q.stride(2);
   at::Tensor out = at::empty({B, T, H, D}, q.options());
-  const float* qp = q.const_data_ptr<float>();
-  const float* kp = kc.const_data_ptr<float>();
-  const float* vp = vc.const_data_ptr<float>();
-  const float* mp = mc.const_data_ptr<float>();
-  float* op = out.mutable_data_ptr<float>();
+  layerskip::attend_rows(q.const_data_ptr<float>(), q.stride(0), q.stride(1), q.stride(2), kc.const_data_ptr<float>(),
+                         vc.const_data_ptr<float>(), mc.const_data_ptr<float>(), out.mutable_data_ptr<float>(), B, T, H,
+                         KV, C, D, (float)scale);
+  return out;
+}
+
+}  // namespace
+
+bool layerskip::attends(int64_t D) { return D % 16 == 0 && attend_for(D) != nullptr; }
+
+void layerskip::attend_rows(const float* q, int64_t sb, int64_t st, int64_t sh, const float* k, const float* v,
+                            const float* mask, float* out, int64_t B, int64_t T, int64_t H, int64_t KV, int64_t C,
+                            int64_t D, float scale) {
+  const AttendFn attend = attend_for(D);
   const int64_t group = H / KV;
   at::parallel_for(0, B * T * H, kRowsPerTask, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / (T * H), t = (i / H) % T, h = i % H;
       const int64_t kv = (b * KV + h / group) * C * D;
-      attend(qp + b * sb + t * st + h * sh, kp + kv, vp + kv, mp + (b * T + t) * C, op + i * D, C, (float)scale, scores);
+      attend(q + b * sb + t * st + h * sh, k + kv, v + kv, mask + (b * T + t) * C, out + i * D, C, scale, scores);
     }
   });
-  return out;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(layerskip, m) {
   m.def("cached_attention(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor");
