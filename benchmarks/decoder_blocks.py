@@ -1,4 +1,4 @@
-"""Eager bf16 decoding with each decoder sublayer as one native call (``layerskip.native_blocks``) against
+"""Eager bf16 decoding with each decoder sublayer as one native call (``layerskip.kernels.blocks``) against
 the module path over the same kernels, side by side in one process.
 
 Greedy autoregressive (and, with ``--speculative``, the model's recommended self-speculative setting)
@@ -15,12 +15,12 @@ import argparse
 
 import torch
 
-from layerskip.draft_config import DraftConfig
-from layerskip.generation import AUTOREGRESSIVE, GenerationConfig, generate
-from layerskip.loading import load
-from layerskip.native import cpu_model
-from layerskip.sampling import SamplingConfig
-from layerskip.strategy import Strategy
+from layerskip.drafters.config import DraftConfig
+from layerskip.decoding.loop import AUTOREGRESSIVE, GenerationConfig, generate
+from layerskip.checkpoints.loading import load
+from layerskip.kernels.native import cpu_model
+from layerskip.decoding.sampling import SamplingConfig
+from layerskip.decoding.strategy import Strategy
 
 
 def main() -> int:

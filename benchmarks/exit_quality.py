@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from layerskip.errors import LayerskipError
-from layerskip.loading import load
+from layerskip.checkpoints.loading import load
 from layerskip.training import data as corpus
 from layerskip.training.objective import mean_exit_statistics
 

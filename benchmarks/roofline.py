@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from layerskip.cache import KVCache
-from layerskip.compiled import compile_layers
-from layerskip.fast_linear import KERNELS, PackedLinear, StreamedLinear, prepare_for_inference
-from layerskip.loading import default_model_path, load, load_model
-from layerskip.model import LlamaForCausalLM
+from layerskip.model.cache import KVCache
+from layerskip.kernels.compiled import compile_layers
+from layerskip.kernels.linear import KERNELS, PackedLinear, StreamedLinear, prepare_for_inference
+from layerskip.checkpoints.loading import default_model_path, load, load_model
+from layerskip.model.decoder import LlamaForCausalLM
 
 
 def best_time(fn: Callable[[], object], repeats: int, inner: int) -> float:
@@ -131,10 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--inner", type=int, default=5, help="calls per timing")
     parser.add_argument("--bandwidth_mib", type=int, default=1024, help="buffer size of the bandwidth measurement")
     parser.add_argument("--kernels", nargs="+", default=["auto", "packed"], choices=[*KERNELS, "compiled"],
-                        help="kernels to measure side by side (layerskip.fast_linear): auto = the engine's choice, "
+                        help="kernels to measure side by side (layerskip.kernels.linear): auto = the engine's choice, "
                              "streamed = layerskip's bf16 weight-streaming kernel, packed = oneDNN prepacked, "
                              "dense = F.linear, compiled = auto with the layer loop through torch.compile "
-                             "(layerskip.compiled, --compile)")
+                             "(layerskip.kernels.compiled, --compile)")
     parser.add_argument("--exits", type=int, nargs="+", default=None,
                         help="exit layers of the draft-step figures (default: all; each is one more compile for 'compiled')")
     parser.add_argument("--out", default="roofline.json")

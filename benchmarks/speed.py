@@ -30,19 +30,19 @@ from pathlib import Path
 
 import torch
 
-from layerskip.config import ModelConfig
-from layerskip.draft_config import DraftConfig
-from layerskip.draft_length import LENGTH_POLICIES
+from layerskip.model.config import ModelConfig
+from layerskip.drafters.config import DraftConfig
+from layerskip.drafters.length import LENGTH_POLICIES
 from layerskip.errors import LayerskipError
 from layerskip.evaluation.datasets import Sample, load_samples
 from layerskip.evaluation.engines import LayerskipEngine
 from layerskip.evaluation.records import SampleLog
 from layerskip.evaluation.runner import aggregate, run_interleaved
-from layerskip.generation import GenerationConfig
-from layerskip.loading import default_model_path, load, load_tokenizer
-from layerskip.model import LlamaForCausalLM
-from layerskip.sampling import SamplingConfig
-from layerskip.strategy import Strategy
+from layerskip.decoding.loop import GenerationConfig
+from layerskip.checkpoints.loading import default_model_path, load, load_tokenizer
+from layerskip.model.decoder import LlamaForCausalLM
+from layerskip.decoding.sampling import SamplingConfig
+from layerskip.decoding.strategy import Strategy
 from layerskip.training.checkpoint import save_pretrained
 from layerskip.training.trainer import init_weights
 

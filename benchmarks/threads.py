@@ -18,11 +18,11 @@ import time
 
 import torch
 
-from layerskip.generation import GenerationConfig, generate
-from layerskip.loading import load
-from layerskip.native import cpu_model
-from layerskip.sampling import SamplingConfig
-from layerskip.threads import available_cpus, set_threads
+from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.checkpoints.loading import load
+from layerskip.kernels.native import cpu_model
+from layerskip.decoding.sampling import SamplingConfig
+from layerskip.kernels.threads import available_cpus, set_threads
 
 
 def busy_process(cpu: int, seconds: float) -> subprocess.Popen:

@@ -11,9 +11,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import CHAT_TEMPLATE, make_checkpoint  # noqa: E402
 
-from layerskip.fast_linear import prepare_for_inference  # noqa: E402
-from layerskip.loading import load_model  # noqa: E402
-from layerskip.native import kernels_root  # noqa: E402
+from layerskip.kernels.linear import prepare_for_inference  # noqa: E402
+from layerskip.checkpoints.loading import load_model  # noqa: E402
+from layerskip.kernels.native import kernels_root  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from layerskip.tokenizer_training import save_tokenizer, train_bpe_tokenizer
+from layerskip.training.tokenizer_training import save_tokenizer, train_bpe_tokenizer
 
 @dataclass
 class CliResult:

@@ -11,16 +11,16 @@ import torch
 from helpers import dampen_layers, make_checkpoint, write_corpus
 from safetensors.torch import load_file
 
-from layerskip.adapter import AdapterConfig, init_adapter, load_adapter, save_adapter
-from layerskip.fingerprint import base_fingerprint
-from layerskip.adapter_drafter import AdapterDrafter
+from layerskip.model.adapter import AdapterConfig, init_adapter, load_adapter, save_adapter
+from layerskip.model.fingerprint import base_fingerprint
+from layerskip.drafters.adapter import AdapterDrafter
 from layerskip.cli import main
-from layerskip.draft_head import DraftHead, draft_subset, frequency_ranking, load_ranking, save_ranking
-from layerskip.drafting import EarlyExitDrafter
+from layerskip.drafters.draft_head import DraftHead, draft_subset, frequency_ranking, load_ranking, save_ranking
+from layerskip.drafters.base import EarlyExitDrafter
 from layerskip.errors import LayerskipError
-from layerskip.generation import Decoding, GenerationConfig, generate
-from layerskip.loading import load_model
-from layerskip.sampling import SamplingConfig
+from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.checkpoints.loading import load_model
+from layerskip.decoding.sampling import SamplingConfig
 from layerskip.training.adapter_objective import soft_target_loss, vocabulary_index
 from layerskip.training.adapter_trainer import AdapterTrainConfig, AdapterTrainer
 
@@ -258,7 +258,7 @@ def test_train_adapter_can_start_from_a_trained_adapter(trained, tiny_dir, tmp_p
 
 def test_the_drafter_runs_the_adapter_on_the_models_kernels(trained, tiny_model):
     """Bound to a prepared model, the adapter's block is fused and prepacked like the model's layers."""
-    from layerskip.fast_linear import FusedLinear, PackedLinear
+    from layerskip.kernels.linear import FusedLinear, PackedLinear
 
     drafter = AdapterDrafter(trained / "adapter", 2)
     drafter.bind(tiny_model)

@@ -12,11 +12,11 @@ from helpers import make_tokenizer
 
 from layerskip.cli import main
 from layerskip.errors import LayerskipError
-from layerskip.generation import GenerationConfig, generate
-from layerskip.limits import check_fits
-from layerskip.loading import load, load_model
-from layerskip.sampling import SamplingConfig
-from layerskip.tokenizer_training import save_tokenizer
+from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.decoding.limits import check_fits
+from layerskip.checkpoints.loading import load, load_model
+from layerskip.decoding.sampling import SamplingConfig
+from layerskip.training.tokenizer_training import save_tokenizer
 
 SIZES = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=512, bos_token_id=0, eos_token_id=1, pad_token_id=2)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerskip.cache import KVCache
-from layerskip.drafting import DecodeState, EarlyExitDrafter
-from layerskip.sampling import SamplingConfig
-from layerskip.verification import verify
+from layerskip.model.cache import KVCache
+from layerskip.drafters.base import DecodeState, EarlyExitDrafter
+from layerskip.decoding.sampling import SamplingConfig
+from layerskip.decoding.verification import verify
 
 
 def test_write_returns_the_whole_buffer_and_overflow_is_an_error(tiny_model):

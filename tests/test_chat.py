@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import layerskip.cli.generate as generate_cli
-from layerskip.chat import Conversation, encode_chat, single_turn
+from layerskip.decoding.chat import Conversation, encode_chat, single_turn
 from layerskip.cli import main
 from layerskip.errors import LayerskipError
-from layerskip.loading import load_tokenizer
+from layerskip.checkpoints.loading import load_tokenizer
 
 TASKS = Path(__file__).parent / "lm_eval_tasks"
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def test_eval_apply_chat_template_runs_end_to_end(tiny_chat_dir, tmp_path, monke
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     contexts: list[str] = []
-    from layerskip.lm_eval_adapter import LayerskipLM
+    from layerskip.evaluation.lm_eval_adapter import LayerskipLM
 
     real = LayerskipLM.generate_until
 

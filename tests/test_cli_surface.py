@@ -8,7 +8,7 @@ import argparse
 import pytest
 
 from layerskip.cli import build_parser, main
-from layerskip.exit_criteria import make_criterion
+from layerskip.decoding.exit_criteria import make_criterion
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:

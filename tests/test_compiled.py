@@ -1,4 +1,4 @@
-"""The compiled decoding step (``layerskip.compiled``): the same tokens as eager decoding, exact
+"""The compiled decoding step (``layerskip.kernels.compiled``): the same tokens as eager decoding, exact
 self-speculation against itself, and its refusals as one error line before any work."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from helpers import assert_one_line_error, dampen_layers, run_cli
-from layerskip.compiled import compile_layers, compiler_problem
-from layerskip.draft_config import DraftConfig
-from layerskip.fast_linear import prepare_for_inference
-from layerskip.generation import GenerationConfig, generate
-from layerskip.loading import load_model
-from layerskip.sampling import SamplingConfig
-from layerskip.strategy import Strategy
+from layerskip.kernels.compiled import compile_layers, compiler_problem
+from layerskip.drafters.config import DraftConfig
+from layerskip.kernels.linear import prepare_for_inference
+from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.checkpoints.loading import load_model
+from layerskip.decoding.sampling import SamplingConfig
+from layerskip.decoding.strategy import Strategy
 
 GREEDY = SamplingConfig(sample=False)
 PROMPT = [0, 17, 42, 99, 7, 150, 17, 42]
@@ -53,7 +53,7 @@ def test_compiled_decoding_equals_eager_and_self_speculation_stays_exact(tiny_di
 def test_compile_bad_input_is_one_line_before_loading(tiny_dir, monkeypatch):
     assert_one_line_error(run_cli("generate", "--model", str(tiny_dir), "--compile", "True", "--quantize", "int8",
                                   "--prompt", "x"), "--compile applies to --quantize none")
-    monkeypatch.setattr("layerskip.native.shutil.which", lambda name: None)
+    monkeypatch.setattr("layerskip.kernels.native.shutil.which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)
     assert_one_line_error(run_cli("generate", "--model", str(tiny_dir), "--compile", "True", "--prompt", "x"),
                           "--compile: torch.compile on a CPU needs a C++ compiler")
@@ -61,7 +61,7 @@ def test_compile_bad_input_is_one_line_before_loading(tiny_dir, monkeypatch):
 
 @needs_compiler
 def test_two_compiled_models_in_one_process_each_decode_their_own_tokens(tiny_dir):
-    """One-token calls skip most guards once checked (layerskip.compiled): the graphs of two models
+    """One-token calls skip most guards once checked (layerskip.kernels.compiled): the graphs of two models
     (same code, different weights) must still never be mixed up."""
     eager = [load_model(tiny_dir, torch.device("cpu"), torch.float32) for _ in range(2)]
     compiled = [load_model(tiny_dir, torch.device("cpu"), torch.float32) for _ in range(2)]

@@ -8,8 +8,8 @@ import pytest
 from helpers import assert_one_line_error, run_cli
 
 from layerskip.cli import main
-from layerskip.draft_config import DraftConfig
-from layerskip.exit_criteria import ALIASES, CRITERIA
+from layerskip.drafters.config import DraftConfig
+from layerskip.decoding.exit_criteria import ALIASES, CRITERIA
 
 COMMON = ["--dataset", "human_eval", "--num_samples", "2", "--max_steps", "16", "--dtype", "float32", "--no_progress", "True"]
 

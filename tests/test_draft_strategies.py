@@ -10,16 +10,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from layerskip.cache import KVCache
-from layerskip.draft_config import DraftConfig, build_drafter, load_draft_config
-from layerskip.draft_length import ConfidenceThreshold, HeuristicLength
-from layerskip.dynamic_exit import dynamic_exit_logits
+from layerskip.model.cache import KVCache
+from layerskip.drafters.config import DraftConfig, build_drafter, load_draft_config
+from layerskip.drafters.length import ConfidenceThreshold, HeuristicLength
+from layerskip.decoding.dynamic_exit import dynamic_exit_logits
 from layerskip.errors import LayerskipError
-from layerskip.exit_criteria import CRITERIA, layer_threshold, make_criterion
-from layerskip.generation import Decoding, GenerationConfig, generate
-from layerskip.fast_linear import prepare_for_inference
-from layerskip.loading import load_model
-from layerskip.sampling import SamplingConfig
+from layerskip.decoding.exit_criteria import CRITERIA, layer_threshold, make_criterion
+from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.kernels.linear import prepare_for_inference
+from layerskip.checkpoints.loading import load_model
+from layerskip.decoding.sampling import SamplingConfig
 
 from helpers import dampen_layers
 

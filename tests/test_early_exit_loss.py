@@ -66,7 +66,7 @@ def test_last_layer_only_equals_plain_cross_entropy(tiny_model):
 
 def trainable_model_and_batch(tiny_dir, seed: int):
     """A float32 tiny model with gradients on and a random batch (inputs, targets ``[2, 12]``)."""
-    from layerskip.loading import load_model
+    from layerskip.checkpoints.loading import load_model
 
     model = load_model(tiny_dir, torch.device("cpu"), torch.float32)
     model.requires_grad_(True)

@@ -1,16 +1,16 @@
-"""Inference-time linear layers (layerskip.fast_linear) against the unfused reference model."""
+"""Inference-time linear layers (layerskip.kernels.linear) against the unfused reference model."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from layerskip.drafting import EarlyExitDrafter
+from layerskip.drafters.base import EarlyExitDrafter
 from layerskip.errors import LayerskipError
-from layerskip.fast_linear import FusedLinear, Int8Linear, PackedLinear, StreamedLinear, cpu_has_native_bf16, prepare_for_inference
-from layerskip.generation import Decoding, GenerationConfig, generate
-from layerskip.loading import load, load_model
-from layerskip.sampling import SamplingConfig
+from layerskip.kernels.linear import FusedLinear, Int8Linear, PackedLinear, StreamedLinear, cpu_has_native_bf16, prepare_for_inference
+from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.checkpoints.loading import load, load_model
+from layerskip.decoding.sampling import SamplingConfig
 
 GREEDY = SamplingConfig(sample=False)
 
@@ -134,8 +134,8 @@ def test_unknown_quantization_is_one_error_line(tiny_dir) -> None:
 
 
 def test_auto_dtype_is_bf16_only_for_layers_that_stream_enough_bytes(monkeypatch) -> None:
-    from layerskip import loading
-    from layerskip.config import ModelConfig
+    from layerskip.checkpoints import loading
+    from layerskip.model.config import ModelConfig
 
     def config(hidden: int, inter: int) -> ModelConfig:
         return ModelConfig.from_dict({"model_type": "llama", "hidden_size": hidden, "num_attention_heads": 9,

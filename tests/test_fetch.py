@@ -14,9 +14,9 @@ from helpers import write_gguf
 
 from layerskip.cli import main
 from layerskip.errors import LayerskipError
-from layerskip.fetch import fetch
-from layerskip.loading import load
-from layerskip.registry import KnownModel, known_model
+from layerskip.checkpoints.fetch import fetch
+from layerskip.checkpoints.loading import load
+from layerskip.checkpoints.registry import KnownModel, known_model
 
 NAME = "smollm2-135m-instruct"
 
@@ -190,10 +190,10 @@ def test_the_package_ships_a_loadable_adapter_for_smollm2():
     config (<= 16 MB), its draft vocabulary, a card, and settings naming it (relative to the checkpoint)."""
     from safetensors import safe_open
 
-    from layerskip.adapter import read_adapter_config
-    from layerskip.draft_config import DraftConfig
-    from layerskip.draft_head import RANKING_FILE
-    from layerskip.fetch import ADAPTER_DIR, SHIPPED_ADAPTERS
+    from layerskip.model.adapter import read_adapter_config
+    from layerskip.drafters.config import DraftConfig
+    from layerskip.drafters.draft_head import RANKING_FILE
+    from layerskip.checkpoints.fetch import ADAPTER_DIR, SHIPPED_ADAPTERS
 
     shipped = SHIPPED_ADAPTERS / NAME
     config = read_adapter_config(shipped)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerskip.drafting import DecodeState, Draft, Drafter, EarlyExitDrafter
-from layerskip.generation import Decoding, GenerationConfig, generate
-from layerskip.sampling import SamplingConfig
+from layerskip.drafters.base import DecodeState, Draft, Drafter, EarlyExitDrafter
+from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.decoding.sampling import SamplingConfig
 
 GREEDY = SamplingConfig(sample=False)
 PROMPTS = {1: [0], 5: [0, 17, 42, 99, 7], 23: [0] + list(range(30, 52))}

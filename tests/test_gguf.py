@@ -11,8 +11,8 @@ from helpers import write_gguf
 
 from layerskip.cli import main
 from layerskip.errors import LayerskipError
-from layerskip.gguf_checkpoint import check_gguf
-from layerskip.loading import load, resolve_model_path
+from layerskip.checkpoints.gguf import check_gguf
+from layerskip.checkpoints.loading import load, resolve_model_path
 
 PROMPT = "def fib(n):\n    return n é"
 

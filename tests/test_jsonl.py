@@ -1,11 +1,11 @@
-"""``layerskip.jsonl``: the one reader of JSON Lines files and of the cut last line a crash leaves."""
+"""``layerskip.files.jsonl``: the one reader of JSON Lines files and of the cut last line a crash leaves."""
 
 from __future__ import annotations
 
 import pytest
 
 from layerskip.errors import LayerskipError
-from layerskip.jsonl import keep_records, parse_lines, read_records
+from layerskip.files.jsonl import keep_records, parse_lines, read_records
 
 
 @pytest.mark.parametrize("tail", ['{"a": 3', '{"a": 3}'])  # cut mid-record, or cut before its newline

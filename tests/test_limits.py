@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from layerskip import limits
+from layerskip.decoding import limits
 from layerskip.errors import LayerskipError
-from layerskip.limits import check_fits, kv_cache_bytes
+from layerskip.decoding.limits import check_fits, kv_cache_bytes
 
 
 def test_positions_past_the_model_say_how_many_fit(tiny_model):
@@ -28,7 +28,7 @@ def test_a_cache_larger_than_free_memory_says_how_many_positions_fit(tiny_model,
 
 
 def test_kv_cache_bytes_match_the_cache(tiny_model):
-    from layerskip.cache import KVCache
+    from layerskip.model.cache import KVCache
 
     cache = KVCache(tiny_model.config, 1, 37, tiny_model.device, tiny_model.dtype)
     assert kv_cache_bytes(tiny_model, 37) == cache.nbytes

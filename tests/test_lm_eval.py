@@ -11,10 +11,10 @@ import torch
 from lm_eval.api.instance import Instance
 
 from layerskip.cli import main
-from layerskip.draft_config import DraftConfig
-from layerskip.lm_eval_adapter import LayerskipLM
-from layerskip.loading import load
-from layerskip.strategy import Strategy
+from layerskip.drafters.config import DraftConfig
+from layerskip.evaluation.lm_eval_adapter import LayerskipLM
+from layerskip.checkpoints.loading import load
+from layerskip.decoding.strategy import Strategy
 
 TASKS = Path(__file__).parent / "lm_eval_tasks"
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,10 +154,10 @@ def test_bad_eval_flags_are_refused_before_loading(tmp_path, capsys, extra, need
 
 def test_auto_batch_size_follows_free_memory(lm, monkeypatch):
     monkeypatch.setattr(lm, "batch_size", "auto")
-    monkeypatch.setattr("layerskip.lm_eval_adapter.free_memory", lambda device: 10**12)
+    monkeypatch.setattr("layerskip.evaluation.lm_eval_adapter.free_memory", lambda device: 10**12)
     assert lm.fitting_batch_size(100) == lm.max_batch_size
     row = 100 * (2 * lm.model.config.vocab_size * 4 + 8 * lm.model.config.hidden_size * 4)
-    monkeypatch.setattr("layerskip.lm_eval_adapter.free_memory", lambda device: 2 * 3 * row)
+    monkeypatch.setattr("layerskip.evaluation.lm_eval_adapter.free_memory", lambda device: 2 * 3 * row)
     assert lm.fitting_batch_size(100) == 3
 
 

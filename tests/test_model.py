@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import make_checkpoint
 
-from layerskip.cache import KVCache
-from layerskip.loading import load_model
+from layerskip.model.cache import KVCache
+from layerskip.checkpoints.loading import load_model
 
 CASES = {
     "gqa": {},
@@ -77,8 +77,8 @@ def test_left_padding_matches_unpadded_rows(tiny_model) -> None:
 
 
 def test_rotary_with_sign_folded_sin_is_llamas_rotate_half_bit_for_bit() -> None:
-    from layerskip.config import ModelConfig
-    from layerskip.rope import RotaryTable, apply_rotary
+    from layerskip.model.config import ModelConfig
+    from layerskip.model.rope import RotaryTable, apply_rotary
 
     config = ModelConfig.from_dict({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
                                     "intermediate_size": 32, "vocab_size": 10})

@@ -1,4 +1,4 @@
-"""The native CPU kernels (layerskip/csrc, layerskip.native): the weight-streaming bf16 linear against
+"""The native CPU kernels (layerskip/kernels/csrc, layerskip.kernels.native): the weight-streaming bf16 linear against
 F.linear and the cached attention against SDPA, rows independent of how many are computed together,
 under torch.compile, in the model, and their fallbacks."""
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerskip import native
-from layerskip.fast_linear import PackedLinear, StreamedLinear, choose_kernel, make_linear, prepare_for_inference
-from layerskip.generation import GenerationConfig, generate
-from layerskip.loading import load_model
-from layerskip.sampling import SamplingConfig
+from layerskip.kernels import native
+from layerskip.kernels.linear import PackedLinear, StreamedLinear, choose_kernel, make_linear, prepare_for_inference
+from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.checkpoints.loading import load_model
+from layerskip.decoding.sampling import SamplingConfig
 
 needs_native = pytest.mark.skipif(not native.cpu_kernels(), reason=f"{native.cpu_kernels_problem()}")
 
@@ -176,8 +176,8 @@ def test_cached_attention_refuses_bad_shapes() -> None:
 def test_float32_model_attends_through_the_native_kernel_like_sdpa(tiny_dir) -> None:
     """The tiny model's decoding with native attention follows PyTorch's attention, and its greedy
     self-speculative output equals its autoregressive output (float32 exactness)."""
-    from layerskip.draft_config import DraftConfig
-    from layerskip.strategy import Strategy
+    from layerskip.drafters.config import DraftConfig
+    from layerskip.decoding.strategy import Strategy
 
     native_model = prepare_for_inference(load_model(tiny_dir, torch.device("cpu"), torch.float32))
     sdpa_model = prepare_for_inference(load_model(tiny_dir, torch.device("cpu"), torch.float32))
@@ -204,7 +204,7 @@ def set_blocks(blocks: list[tuple], on: bool) -> None:
 def decode_hidden(model, prompt: torch.Tensor, steps: torch.Tensor, one_at_a_time: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The last layer's hidden states ``[1, T, dim]`` of ``steps`` ``[1, T]`` after ``prompt`` over a static
     cache, and that cache's keys of layer 1: T tokens in one call, or one call per token."""
-    from layerskip.cache import KVCache
+    from layerskip.model.cache import KVCache
 
     cache = KVCache(model.config, 1, 64, "cpu", model.attention_dtype)
     model.run_layers(model.embed(prompt), 0, model.num_layers, cache, 0)
@@ -220,7 +220,7 @@ def decode_hidden(model, prompt: torch.Tensor, steps: torch.Tensor, one_at_a_tim
 @pytest.mark.parametrize("bias", [False, True])
 @torch.inference_mode()
 def test_decoder_blocks_compute_the_module_path_and_rows_do_not_depend_on_the_token_count(tmp_path, bias: bool) -> None:
-    """The one-call sublayers (layerskip.native_blocks) agree with the module path to bf16 rounding, write
+    """The one-call sublayers (layerskip.kernels.blocks) agree with the module path to bf16 rounding, write
     the same cache, and give a (k+1)-token verification the rows of k+1 one-token steps bit for bit."""
     from helpers import make_checkpoint
 
@@ -245,7 +245,7 @@ def test_decoder_blocks_compute_the_module_path_and_rows_do_not_depend_on_the_to
 def test_decoder_blocks_keep_greedy_self_speculation_equal_to_autoregressive(tiny_dir) -> None:
     """With every decoding step on the one-call sublayers, bf16 self-speculation is exact by construction
     for drafts that stay within the native query count."""
-    from layerskip.strategy import Strategy
+    from layerskip.decoding.strategy import Strategy
 
     model = prepare_for_inference(load_model(tiny_dir, torch.device("cpu"), torch.bfloat16))
     assert model.model.layers[0].attn_block is not None

@@ -1,4 +1,4 @@
-"""The native kernels' build (layerskip.native): one build per machine shared by installs, no hang after
+"""The native kernels' build (layerskip.kernels.native): one build per machine shared by installs, no hang after
 a killed build or a dead process's lock, one build when processes start together, one line and the
 fallback when a build fails, times out or stays locked."""
 
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from layerskip import native
-from layerskip.native import Build, BuildError
+from layerskip.kernels import native
+from layerskip.kernels.native import Build, BuildError
 
 needs_buildable = pytest.mark.skipif(
     not native.cpu_supported() or native.cpu_compiler_problem() is not None, reason="the kernels cannot be built here")
 
-LOAD = "from layerskip import native; p = native.cpu_kernels_problem(); print('LOADED' if p is None else 'PROBLEM ' + p)"
+LOAD = "from layerskip.kernels import native; p = native.cpu_kernels_problem(); print('LOADED' if p is None else 'PROBLEM ' + p)"
 
 
 def start(root: Path, code: str = LOAD) -> subprocess.Popen:
@@ -42,7 +42,9 @@ def test_a_build_killed_midway_then_two_processes_at_once_build_once_and_load(tm
     root = tmp_path / "kernels"
     first = start(root)
     deadline = time.monotonic() + 120
-    while not any(p.name.startswith(".") and "partial" in p.name for p in root.glob("*")) and time.monotonic() < deadline:
+    while not any(p.name.startswith(".") and "partial" in p.name for p in root.glob("*")):
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "no build started"
         time.sleep(0.1)
     time.sleep(1.0)  # the compiler is running
     first.send_signal(signal.SIGKILL)
@@ -145,7 +147,7 @@ def test_a_build_that_times_out_or_fails_is_one_line(tmp_path, monkeypatch) -> N
         native.ensure_built(build)
     assert time.monotonic() - began < 30
     monkeypatch.setattr(native, "_BUILD_SCRIPT", "raise SystemExit('x.cpp:3:1: error: expected a declaration')")
-    with pytest.raises(BuildError, match=r"^building layerskip/csrc failed: x\.cpp:3:1: error: expected a declaration$"):
+    with pytest.raises(BuildError, match=r"^building layerskip/kernels/csrc failed: x\.cpp:3:1: error: expected a declaration$"):
         native.ensure_built(build)
     assert not build.directory.exists() and not list(tmp_path.glob(".k.partial-*"))  # nothing half-written kept
 

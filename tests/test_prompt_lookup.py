@@ -15,14 +15,14 @@ from helpers import assert_one_line_error, dampen_layers, run_cli
 from test_sampling import chi2, chi2_critical
 
 from layerskip.cli import main
-from layerskip.draft_config import DraftConfig, build_drafter, load_draft_config, validate
-from layerskip.drafting import Draft, Drafter, DraftReport, EarlyExitDrafter
+from layerskip.drafters.config import DraftConfig, build_drafter, load_draft_config, validate
+from layerskip.drafters.base import Draft, Drafter, DraftReport, EarlyExitDrafter
 from layerskip.errors import LayerskipError
-from layerskip.generation import Decoding, GenerationConfig, generate
-from layerskip.loading import load_model
-from layerskip.prompt_lookup import LookupOrModelDrafter, PromptLookupDrafter
-from layerskip.sampling import SamplingConfig, probabilities, process_logits
-from layerskip.strategy import Strategy
+from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.checkpoints.loading import load_model
+from layerskip.drafters.prompt_lookup import LookupOrModelDrafter, PromptLookupDrafter
+from layerskip.decoding.sampling import SamplingConfig, probabilities, process_logits
+from layerskip.decoding.strategy import Strategy
 
 GREEDY = SamplingConfig(sample=False)
 PROMPT = [0, 17, 42, 99, 7, 150]

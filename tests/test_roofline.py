@@ -34,7 +34,7 @@ def test_roofline_json_is_computed_from_timings(tiny_dir, tmp_path, monkeypatch,
 
 
 def test_weight_bytes_counts_int8_projections_as_one_byte(tiny_dir) -> None:
-    from layerskip.loading import load
+    from layerskip.checkpoints.loading import load
 
     full = roofline.weight_bytes(load(str(tiny_dir), "cpu", "float32").model)
     int8 = roofline.weight_bytes(load(str(tiny_dir), "cpu", "float32", "int8").model)
@@ -44,7 +44,7 @@ def test_weight_bytes_counts_int8_projections_as_one_byte(tiny_dir) -> None:
 def test_weight_bytes_counts_prepacked_weights(tiny_dir) -> None:
     import torch
 
-    from layerskip.loading import load, load_model
+    from layerskip.checkpoints.loading import load, load_model
 
     reference = roofline.weight_bytes(load_model(tiny_dir, torch.device("cpu"), torch.float32))
     assert roofline.weight_bytes(load(str(tiny_dir), "cpu", "float32").model) == reference

@@ -10,15 +10,15 @@ import torch
 
 from helpers import dampen_layers
 
-from layerskip.adapter import init_adapter, save_adapter
-from layerskip.adapter_drafter import AdapterDrafter
-from layerskip.draft_head import save_ranking
+from layerskip.model.adapter import init_adapter, save_adapter
+from layerskip.drafters.adapter import AdapterDrafter
+from layerskip.drafters.draft_head import save_ranking
 
-from layerskip.drafting import EarlyExitDrafter
-from layerskip.loading import load_model
-from layerskip.generation import Decoding, GenerationConfig, generate
-from layerskip.sampling import SamplingConfig, banned_ngram_tokens, probabilities, process_logits
-from layerskip.verification import accept_greedy, accept_sampled
+from layerskip.drafters.base import EarlyExitDrafter
+from layerskip.checkpoints.loading import load_model
+from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.decoding.sampling import SamplingConfig, banned_ngram_tokens, probabilities, process_logits
+from layerskip.decoding.verification import accept_greedy, accept_sampled
 
 
 def chi2_critical(df: int, z: float = 3.09) -> float:

@@ -11,8 +11,8 @@ import torch
 from helpers import assert_one_line_error, run_cli, write_corpus
 
 from layerskip.cli import main
-from layerskip.generation import GenerationConfig, generate, generate_batch
-from layerskip.loading import load_tokenizer
+from layerskip.decoding.loop import GenerationConfig, generate, generate_batch
+from layerskip.checkpoints.loading import load_tokenizer
 from layerskip.training.self_generated import (
     corpus_prefixes,
     training_prefixes,

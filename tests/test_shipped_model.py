@@ -8,7 +8,7 @@ import json
 import torch
 
 from layerskip.cli import main
-from layerskip.loading import default_model_path, load_model, recommended_settings
+from layerskip.checkpoints.loading import default_model_path, load_model, recommended_settings
 
 
 def test_shipped_model_is_small_and_has_a_card_and_recommendation():

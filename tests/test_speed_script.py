@@ -38,7 +38,7 @@ def test_exit_quality_reports_every_exit_on_the_held_out_split(tiny_dir, tmp_pat
     from helpers import dampen_layers, write_corpus
     from safetensors.torch import save_file
 
-    from layerskip.loading import load_model
+    from layerskip.checkpoints.loading import load_model
 
     write_corpus(tmp_path, 8)
     # layers 2.. contribute nothing: exits 2, 3 and 4 agree with the last layer everywhere

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from helpers import CORPUS, make_tokenizer
 
-from layerskip.stop_words import StopWords
+from layerskip.decoding.stop_words import StopWords
 
 
 @pytest.fixture(scope="module")

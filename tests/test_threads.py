@@ -1,4 +1,4 @@
-"""--threads and LAYERSKIP_THREADS (layerskip.threads): every command that runs a model takes it, it sets
+"""--threads and LAYERSKIP_THREADS (layerskip.kernels.threads): every command that runs a model takes it, it sets
 torch's (and the native kernels') threads before any work, and bad values are one error line."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from layerskip import threads
+from layerskip.kernels import threads
 from layerskip.cli import main
 from layerskip.errors import LayerskipError
 

@@ -47,7 +47,7 @@ def test_few_steps_lower_the_loss_and_save_a_transformers_checkpoint(corpus_dir,
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from layerskip.loading import load_model
+    from layerskip.checkpoints.loading import load_model
 
     reference = AutoModelForCausalLM.from_pretrained(str(final), dtype=torch.float32).eval()
     ours = load_model(final, torch.device("cpu"), torch.float32)

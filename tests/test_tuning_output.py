@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from layerskip.draft_config import DraftConfig, load_draft_config
+from layerskip.drafters.config import DraftConfig, load_draft_config
 from layerskip.errors import LayerskipError
-from layerskip.loading import RECOMMENDED_FILE
-from layerskip.tuning_output import save_recommendation, write_tuned
+from layerskip.checkpoints.loading import RECOMMENDED_FILE
+from layerskip.evaluation.tuning_output import save_recommendation, write_tuned
 
 
 def test_tuned_file_is_a_draft_config(tmp_path):

@@ -8,7 +8,7 @@ from layerskip import __version__
 from layerskip.cli import benchmark, correctness, env, evaluate, fetch, generate, self_generate, sweep, train, train_adapter, tune
 from layerskip.cli.arguments import ArgumentParser, HelpFormatter, SubcommandParser
 from layerskip.errors import LayerskipError
-from layerskip.threads import check_threads, set_threads
+from layerskip.kernels.threads import check_threads, set_threads
 from layerskip.validation import check_arguments
 
 

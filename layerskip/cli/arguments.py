@@ -88,7 +88,7 @@ def add(parser: argparse.ArgumentParser | Any, name: str, *aliases: str, **kwarg
 
 
 def add_threads(parser: argparse.ArgumentParser | Any) -> None:
-    """--threads: the CPU threads of torch and the native kernels (``layerskip.threads``)."""
+    """--threads: the CPU threads of torch and the native kernels (``layerskip.kernels.threads``)."""
     add(parser, "threads", default=None,
         help="CPU threads for torch and the native kernels (default: $LAYERSKIP_THREADS, else the CPUs this process "
              "may run on; on a machine busy with other work, the cores left free)")
@@ -106,7 +106,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add(group, "quantize", default="none", choices=["none", "int8"],
         help="int8: weight-only int8 decoder projections (per-output-channel scales; LM head in --dtype)")
     add(group, "compile", type=bool, default=False,
-        help="decode through torch.compile'd decoder layers (inductor, frozen weights; layerskip.compiled): "
+        help="decode through torch.compile'd decoder layers (inductor, frozen weights; layerskip.kernels.compiled): "
              "faster steps after tens of seconds of compiling per layer range the first time")
     add_threads(group)
     add(group, "seed", type=int, default=42, help="random seed (sampling, sample selection)")
@@ -137,7 +137,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     add(group, "no_repeat_ngram_size", type=int, default=None, help="never repeat an n-gram of this size (default: off)")
     add(group, "stop_words", nargs="*", default=None, help="stop when any of these strings is generated")
     add(group, "stop_token_ids", type=int, nargs="*", default=None, help="extra token ids that end generation")
-    drafts = parser.add_argument_group("draft strategies (see layerskip.exit_criteria, layerskip.draft_length)")
+    drafts = parser.add_argument_group("draft strategies (see layerskip.decoding.exit_criteria, layerskip.drafters.length)")
     add(drafts, "criteria", "dynamic_early_exit_mode", type=criteria_name, default=None,
         help="dynamic early exit: cosine_similarity, token_repeat, consistent_tokens (the fork's: patience 4), "
              "max_probability (logits_current), top2_margin, entropy_based, convergence, random, logits_future; "

@@ -14,8 +14,8 @@ from layerskip.evaluation.fingerprint import run_fingerprint
 from layerskip.evaluation.records import RUN_FORMAT, SampleLog, environment, merge_rank_logs, rank_log, run_paths, write_json
 from layerskip.evaluation.runner import aggregate, run_interleaved, summary_table
 from layerskip.evaluation.sandbox import require_sandbox
-from layerskip.loading import LoadedModel
-from layerskip.strategy import Strategy
+from layerskip.checkpoints.loading import LoadedModel
+from layerskip.decoding.strategy import Strategy
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

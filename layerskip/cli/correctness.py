@@ -15,8 +15,8 @@ from layerskip.cli.harness import prepare
 from layerskip.cli.settings import strategy
 from layerskip.evaluation.records import environment, merge_rank_logs, rank_log, run_paths, write_json
 from layerskip.evaluation.runner import run_interleaved
-from layerskip.strategy import Strategy
-from layerskip.sampling import SamplingConfig
+from layerskip.decoding.strategy import Strategy
+from layerskip.decoding.sampling import SamplingConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

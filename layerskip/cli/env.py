@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from layerskip.environment import report
+    from layerskip.cli.environment import report
 
     facts = report(args.model, args.device, rebuild=args.rebuild)
     if args.json:

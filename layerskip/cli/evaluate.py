@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from layerskip.chat import require_chat_template
+from layerskip.decoding.chat import require_chat_template
 from layerskip.cli.arguments import add, add_generation_arguments, add_model_arguments, add_progress, subcommand
 from layerskip.cli.settings import generation_config, strategy
 from layerskip.errors import LayerskipError
 from layerskip.evaluation.records import environment
-from layerskip.loading import load
+from layerskip.checkpoints.loading import load
 from layerskip.validation import writable_dir, writable_file
 
 #: --model_args keys and the flag each one sets (lm-eval's ``pretrained`` is --model)
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         raise LayerskipError("lm-eval is not installed: pip install 'lm-eval>=0.4.9,<0.5'") from None
     from layerskip.evaluation import lm_eval_output
     from layerskip.evaluation.local_tasks import task_specs
-    from layerskip.lm_eval_adapter import LayerskipLM
+    from layerskip.evaluation.lm_eval_adapter import LayerskipLM
 
     apply_model_args(args)
     args.batch_size = batch_size(args.batch_size)

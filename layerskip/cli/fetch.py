@@ -6,8 +6,8 @@ import argparse
 
 from layerskip.cli.arguments import subcommand
 
-from layerskip.fetch import fetch
-from layerskip.registry import REGISTRY
+from layerskip.checkpoints.fetch import fetch
+from layerskip.checkpoints.registry import REGISTRY
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -7,13 +7,13 @@ import json
 import sys
 from typing import Iterator, TextIO
 
-from layerskip.chat import Conversation, require_chat_template, single_turn
+from layerskip.decoding.chat import Conversation, require_chat_template, single_turn
 from layerskip.cli.arguments import add, add_generation_arguments, add_model_arguments, subcommand
 from layerskip.cli.settings import generation_config, strategy
 from layerskip.cli.streaming import TextStreamer
 from layerskip.errors import LayerskipError
-from layerskip.generation import generate
-from layerskip.loading import load
+from layerskip.decoding.loop import generate
+from layerskip.checkpoints.loading import load
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

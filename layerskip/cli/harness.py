@@ -6,16 +6,16 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from layerskip.chat import require_chat_template, single_turn
+from layerskip.decoding.chat import require_chat_template, single_turn
 from layerskip.cli.settings import generation_config
-from layerskip.distributed import World, init_world
+from layerskip.training.distributed import World, init_world
 from layerskip.errors import LayerskipError
 from layerskip.evaluation.datasets import Sample, load_samples
 from layerskip.evaluation.engines import LayerskipEngine, TransformersEngine
-from layerskip.generation import GenerationConfig
-from layerskip.limits import check_fits
-from layerskip.loading import LoadedModel, load
-from layerskip.strategy import Strategy
+from layerskip.decoding.loop import GenerationConfig
+from layerskip.decoding.limits import check_fits
+from layerskip.checkpoints.loading import LoadedModel, load
+from layerskip.decoding.strategy import Strategy
 from layerskip.validation import writable_dir
 
 

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from layerskip.cli.arguments import add, add_model_arguments, add_progress, subcommand
 from layerskip.evaluation.fingerprint import digest, model_identity
-from layerskip.limits import check_fits
+from layerskip.decoding.limits import check_fits
 from layerskip.training.self_generated import (
     check_sizes,
     claim_output,
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from layerskip.loading import load
+    from layerskip.checkpoints.loading import load
 
     check_sizes(num_sequences=args.num_sequences, prefix_tokens=args.prefix_tokens, new_tokens=args.new_tokens,
                 batch_size=args.batch_size)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from layerskip.draft_config import DraftConfig, load_draft_config, parse_skip_layers
+from layerskip.drafters.config import DraftConfig, load_draft_config, parse_skip_layers
 from layerskip.errors import LayerskipError
-from layerskip.generation import GenerationConfig
-from layerskip.model import LlamaForCausalLM
-from layerskip.sampling import SamplingConfig
-from layerskip.strategy import Strategy
+from layerskip.decoding.loop import GenerationConfig
+from layerskip.model.decoder import LlamaForCausalLM
+from layerskip.decoding.sampling import SamplingConfig
+from layerskip.decoding.strategy import Strategy
 
 
 def model_eos_ids(model: LlamaForCausalLM, tokenizer: object) -> tuple[int, ...]:

@@ -7,7 +7,7 @@ import sys
 
 from tqdm import tqdm
 
-from layerskip.adapter import read_adapter_config
+from layerskip.model.adapter import read_adapter_config
 from layerskip.cli.arguments import add, harness_command
 from layerskip.cli.harness import prepare
 from layerskip.cli.settings import draft_config
@@ -17,7 +17,7 @@ from layerskip.evaluation.heat_map import heat_map
 from layerskip.evaluation.records import RUN_FORMAT, SampleLog, merge_rank_logs, rank_log, run_paths, write_json
 from layerskip.evaluation.runner import aggregate, run_interleaved
 from layerskip.evaluation.sweep import best_point, grid, point_row, write_best, write_csv
-from layerskip.strategy import Strategy
+from layerskip.decoding.strategy import Strategy
 
 #: upstream flags a sweep cannot honour: it runs self_speculative over its own grid
 FIXED_BY_GRID = ("generation_strategy", "exit_layer", "num_speculations")

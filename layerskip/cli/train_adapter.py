@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from layerskip.adapter import ARCHITECTURES
+from layerskip.model.adapter import ARCHITECTURES
 from layerskip.cli.arguments import add_config_flags, add_threads, config_values, subcommand
 from layerskip.training.adapter_trainer import INIT_CHOICES, AdapterTrainConfig
 

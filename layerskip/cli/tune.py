@@ -12,9 +12,9 @@ from layerskip.cli.arguments import add, harness_command
 from layerskip.cli.harness import prepare
 from layerskip.cli.settings import draft_config
 from layerskip.errors import LayerskipError
-from layerskip.sampling import SamplingConfig
-from layerskip.tuning import tune
-from layerskip.tuning_output import save_recommendation, write_tuned
+from layerskip.decoding.sampling import SamplingConfig
+from layerskip.evaluation.tuning import tune
+from layerskip.evaluation.tuning_output import save_recommendation, write_tuned
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from layerskip.errors import LayerskipError
-from layerskip.jsonl import parse_lines
+from layerskip.files.jsonl import parse_lines
 
 DATASETS = ("cnn_dm_summarization", "xsum_summarization", "cnn_dm_lm", "human_eval", "top_v2", "custom_jsonl")
 

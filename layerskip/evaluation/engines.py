@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from layerskip.generation import GenerationConfig, generate
-from layerskip.loading import LoadedModel
-from layerskip.strategy import Strategy
+from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.checkpoints.loading import LoadedModel
+from layerskip.decoding.strategy import Strategy
 
 
 @dataclass

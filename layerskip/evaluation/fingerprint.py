@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from layerskip.loading import RECOMMENDED_FILE
+from layerskip.checkpoints.loading import RECOMMENDED_FILE
 
 HEAD_BYTES = 1 << 20
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import torch
 
 from layerskip.errors import LayerskipError
-from layerskip.jsonl import read_records
+from layerskip.files.jsonl import read_records
 
 
 class SampleLog:

@@ -13,8 +13,8 @@ from layerskip.evaluation.execution import run_tests, truncate_completion
 from layerskip.evaluation.metrics import summarize, text_metrics
 from layerskip.evaluation.records import SampleLog, group
 from layerskip.evaluation.engines import Output
-from layerskip.generation import GenerationConfig
-from layerskip.strategy import Strategy
+from layerskip.decoding.loop import GenerationConfig
+from layerskip.decoding.strategy import Strategy
 
 SPEED_KEYS = ("acceptance_rate", "mean_tokens_per_verification", "time_to_first_token", "total_time",
               "time_per_token", "tokens_per_second", "generated_tokens", "mean_exit_layer",

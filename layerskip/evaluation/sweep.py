@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from layerskip.errors import LayerskipError
-from layerskip.strategy import Strategy
+from layerskip.decoding.strategy import Strategy
 
 CSV_FIELDS = ["exit_layer", "num_speculations", "tokens_per_second", "tokens_per_second_std", "speedup",
               "acceptance_rate", "mean_tokens_per_verification", "time_per_token", "rougeL", "samples"]

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from layerskip.errors import LayerskipError
-from layerskip.model import LlamaForCausalLM
+from layerskip.model.decoder import LlamaForCausalLM
 
 META_FILE = "features.json"
 

@@ -28,17 +28,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from layerskip.adapter import ARCHITECTURES, DraftAdapter, init_adapter, load_adapter, read_adapter_config, save_adapter
-from layerskip.adapter_drafter import AdapterDrafter
-from layerskip.distributed import World, init_world
-from layerskip.jsonl import keep_records
-from layerskip.draft_head import draft_subset, frequency_ranking, save_ranking
+from layerskip.model.adapter import ARCHITECTURES, DraftAdapter, init_adapter, load_adapter, read_adapter_config, save_adapter
+from layerskip.drafters.adapter import AdapterDrafter
+from layerskip.training.distributed import World, init_world
+from layerskip.files.jsonl import keep_records
+from layerskip.drafters.draft_head import draft_subset, frequency_ranking, save_ranking
 from layerskip.errors import LayerskipError
-from layerskip.fast_linear import prepare_for_inference
-from layerskip.fingerprint import base_fingerprint
-from layerskip.generation import Decoding, GenerationConfig, generate
-from layerskip.loading import LoadedModel, load
-from layerskip.sampling import SamplingConfig
+from layerskip.kernels.linear import prepare_for_inference
+from layerskip.model.fingerprint import base_fingerprint
+from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.checkpoints.loading import LoadedModel, load
+from layerskip.decoding.sampling import SamplingConfig
 from layerskip.training import data as corpus
 from layerskip.training.adapter_features import FeatureSpec, check_or_write_meta, extract_features, load_features
 from layerskip.training.checkpoint import changed_settings, recover, save_checkpoint

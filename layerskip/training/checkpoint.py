@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from layerskip.errors import LayerskipError
-from layerskip.loading import RECOMMENDED_FILE
-from layerskip.model import LlamaForCausalLM
-from layerskip.storage import atomic_write, fsync_path
+from layerskip.checkpoints.loading import RECOMMENDED_FILE
+from layerskip.model.decoder import LlamaForCausalLM
+from layerskip.files.storage import atomic_write, fsync_path
 
 
 

@@ -17,7 +17,7 @@ from typing import Iterable
 import torch
 
 from layerskip.errors import LayerskipError
-from layerskip.jsonl import parse_lines
+from layerskip.files.jsonl import parse_lines
 
 TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst", ".json", ".c", ".h", ".js", ".ts", ".java", ".go", ".rs", ".sh")
 STDLIB = "stdlib"

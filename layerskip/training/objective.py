@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from layerskip.model import LlamaForCausalLM
+from layerskip.model.decoder import LlamaForCausalLM
 from layerskip.training.early_exit_loss import exit_loss, logits_cross_entropy
 
 

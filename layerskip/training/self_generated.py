@@ -25,12 +25,12 @@ from typing import Any, Callable
 import torch
 
 from layerskip.errors import LayerskipError, read_json_object
-from layerskip.jsonl import read_records
+from layerskip.files.jsonl import read_records
 from layerskip.evaluation.fingerprint import differences, normalized
-from layerskip.generation import generate_batch
-from layerskip.model import LlamaForCausalLM
+from layerskip.decoding.loop import generate_batch
+from layerskip.model.decoder import LlamaForCausalLM
 from layerskip.training import data as corpus
-from layerskip.storage import atomic_write
+from layerskip.files.storage import atomic_write
 from layerskip.validation import writable_file
 
 

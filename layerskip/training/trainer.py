@@ -21,17 +21,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from layerskip.config import ModelConfig
-from layerskip.drafting import EarlyExitDrafter
-from layerskip.distributed import World, init_world
-from layerskip.jsonl import keep_records
+from layerskip.model.config import ModelConfig
+from layerskip.drafters.base import EarlyExitDrafter
+from layerskip.training.distributed import World, init_world
+from layerskip.files.jsonl import keep_records
 from layerskip.errors import LayerskipError, read_json_object
-from layerskip.generation import Decoding, GenerationConfig, generate
-from layerskip.loading import DTYPES, load_model, load_tokenizer, resolve_model_path
-from layerskip.model import LlamaForCausalLM
-from layerskip.sampling import SamplingConfig
-from layerskip.storage import atomic_write
-from layerskip.tokenizer_training import train_bpe_tokenizer
+from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.checkpoints.loading import DTYPES, load_model, load_tokenizer, resolve_model_path
+from layerskip.model.decoder import LlamaForCausalLM
+from layerskip.decoding.sampling import SamplingConfig
+from layerskip.files.storage import atomic_write
+from layerskip.training.tokenizer_training import train_bpe_tokenizer
 from layerskip.training import data as corpus
 from layerskip.training.checkpoint import (
     Checkpoint,

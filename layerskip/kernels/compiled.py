@@ -1,0 +1,107 @@
+"""A compiled decoding step: the decoder-layer loop through ``torch.compile`` (inductor, frozen weights).
+
+In eager PyTorch a one-token SmolLM2-135M step on a 2-core CPU spends about a third of its time
+outside the linear layers: ~40 small ops per layer (norms, rotary, casts, cache writes, residual
+adds, attention), each paying its dispatch (BENCHMARKS.md, "Engine speed"). ``compile_layers(model)``
+sends ``LlamaForCausalLM.run_layers`` calls that decode — with a KV cache and no layer skipping — to
+``torch.compile`` of ``model.layer_loop`` with inductor's ``freezing``: inductor fuses the
+elementwise work of a layer into a few C++ (or, on a GPU, Triton) kernels, and with freezing it
+treats the weights as constants and prepacks dense linear layers itself (oneDNN on a CPU, the
+kernel ``layerskip.kernels.linear.PackedLinear`` calls eagerly); layers on the weight-streaming bf16
+kernel (``StreamedLinear``) keep it, called from the compiled code as one registered op. The
+token count and the cache capacity are symbolic (the model's widths are not), so one graph per
+layer range ``(first, last)`` and its one-token specialisation serve every step and every
+generation: autoregressive decoding compiles the full range, a self-speculative draft at exit E
+``(0, E)`` and its verification ``(E, L)``; the prompt's prefill
+goes through the multi-token graph of its range. Forwards without a cache (training) and layer-skip
+drafts stay eager (``layer_loop`` is the same code).
+
+Compiling costs tens of seconds per graph on a 2-core CPU the first time (inductor's on-disk cache
+shortens later processes); it pays for long generations, which is why it is opt-in (``--compile``).
+The compiled step computes what the eager one does, not bit for bit: its own fused kernels round
+differently in the last bit; exactness (self-speculative output equals autoregressive output) is a
+property of the compiled model against itself, checked like the eager one's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import weakref
+
+import torch
+
+from layerskip.model.cache import KVCache
+from layerskip.errors import LayerskipError
+from layerskip.model.decoder import LlamaForCausalLM
+from layerskip.kernels.native import cpu_compiler_problem
+
+
+def compiler_problem(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot build kernels for ``device`` here (None: it can)."""
+    if device.type == "cuda":
+        return None if importlib.util.find_spec("triton") else "torch.compile on CUDA needs triton (pip install triton)"
+    if cpu_compiler_problem():
+        return "torch.compile on a CPU needs a C++ compiler (g++ or clang++; apt-get install g++)"
+    return None
+
+
+def require_compiler(device: torch.device) -> None:
+    """One error line when ``torch.compile`` cannot build kernels for ``device`` (``compiler_problem``)."""
+    problem = compiler_problem(device)
+    if problem:
+        raise LayerskipError(f"--compile: {problem}")
+
+
+def compile_layers(model: LlamaForCausalLM) -> LlamaForCausalLM:
+    """Decode through the compiled layer loop (module docstring); returns the model. Call it on a model
+    prepared without oneDNN-prepacked layers (``prepare_for_inference(model, for_compile=True)``),
+    whose weights do not change afterwards: they are frozen into the compiled graphs."""
+    require_compiler(model.device)
+
+    def loop(hidden: torch.Tensor, first: int, last: int, cache: KVCache, slots: torch.Tensor, cos: torch.Tensor,
+             sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return model.layer_loop(hidden, first, last, cache, slots, cos, sin, mask)
+
+    compiled = torch.compile(loop)
+
+    # per cache: the one-token calls (layer range, grad mode) that already ran with every guard checked;
+    # None once dynamo refused to pick a graph from the differentiating guards alone on this cache
+    checked: weakref.WeakKeyDictionary[KVCache, set[tuple[int, int, bool, bool]] | None] = weakref.WeakKeyDictionary()
+
+    def layers(hidden: torch.Tensor, first: int, last: int, cache: KVCache, slots: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # symbolic token count and cache capacity, the model's widths static (kernels for its real
+        # sizes). Marking costs ~20 us a tensor: a cache's buffers are marked once, and a one-token
+        # step marks only the mask's capacity (a size 1 stays specialised: the one-token graph)
+        if cache not in checked:
+            for buffer in (*cache.keys, *cache.values):
+                torch._dynamo.maybe_mark_dynamic(buffer, 2)
+            checked[cache] = set()
+        one = hidden.shape[1] == 1
+        dims = ((mask, 3),) if one else ((hidden, 1), (slots, 0), (cos, 1), (sin, 1), (mask, 2), (mask, 3))
+        for tensor, dim in dims:
+            torch._dynamo.maybe_mark_dynamic(tensor, dim)
+        # Checking every guard costs ~0.6 ms a call (~3000 guards, most on the model's modules). A
+        # one-token call on a cache where the same call already passed them all has inputs of the same
+        # shapes, dtypes and buffers, so only the guards that tell the cached graphs apart are checked.
+        # Dynamo refuses (before running anything) when those do not settle which graph applies, e.g.
+        # after another model's graphs joined the cache: then every guard is checked, from then on.
+        kind = (first, last, torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+        args = (hidden, first, last, cache, slots, cos, sin, mask)
+        trusted = checked[cache]
+        with torch._inductor.config.patch(freezing=True):  # (torch.compile's options= does not reach it)
+            if one and trusted is not None and kind in trusted:
+                try:
+                    with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                        return compiled(*args)
+                except RuntimeError as error:
+                    if "skip_guard_eval_unsafe" not in str(error):
+                        raise
+                    trusted = checked[cache] = None
+            out = compiled(*args)
+        if one and trusted is not None:
+            trusted.add(kind)
+        return out
+
+    model.compiled_layers = layers
+    return model

@@ -1,0 +1,3 @@
+"""The Llama-family decoder with explicit exit and skip control, and what it is made of: its
+configuration, rotary tables, the static KV cache shared by draft and verification, the identity of
+its weights, and the draft adapter block (Kangaroo) that can sit on an exit layer."""
