@@ -18,7 +18,7 @@ import torch
 from layerskip.drafters.config import DraftConfig
 from layerskip.decoding.loop import AUTOREGRESSIVE, GenerationConfig, generate
 from layerskip.checkpoints.loading import load
-from layerskip.kernels.native import cpu_model
+from layerskip.kernels.policy import probe
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.strategy import Strategy
 
@@ -64,7 +64,7 @@ def main() -> int:
         equal += outputs[True] == outputs[False]
     rates = {blocks: n / t for blocks, (n, t) in totals.items()}
     mode = "self_speculative (recommended)" if args.speculative else "autoregressive"
-    print(f"CPU: {cpu_model()}, threads {torch.get_num_threads()}; {loaded.path.name} bfloat16, {mode}, greedy, "
+    print(f"CPU: {probe().cpu_model}, threads {torch.get_num_threads()}; {loaded.path.name} bfloat16, {mode}, greedy, "
           f"{args.max_tokens} tokens, {len(prompts)} HumanEval prompts\n")
     print("| path | tok/s |\n|---|---:|")
     print(f"| module path | {rates[False]:.1f} |\n| decoder blocks | {rates[True]:.1f} |")

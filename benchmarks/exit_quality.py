@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from layerskip.errors import LayerskipError
+from layerskip.cli.arguments import flag_names
+from layerskip.errors import LayerskipError, named_as_flags
 from layerskip.checkpoints.loading import load
 from layerskip.training import data as corpus
 from layerskip.training.objective import mean_exit_statistics
@@ -34,7 +35,7 @@ def main() -> None:
         stream = corpus.tokenize_stream(val_docs, loaded.tokenizer, corpus.document_separator(loaded.tokenizer))
         batches = corpus.sequential_windows(stream, args.batch_size, args.seq_len, args.batches)
     except LayerskipError as exc:
-        sys.exit(f"exit_quality.py: error: {exc}")
+        sys.exit(f"exit_quality.py: error: {named_as_flags(str(exc), flag_names(parser))}")
     layers = loaded.model.num_layers
     loss, agreement = mean_exit_statistics(loaded.model, batches)
     tokens = sum(inputs.numel() for inputs, _ in batches)

@@ -24,7 +24,8 @@ import torch
 
 from layerskip.model.cache import KVCache
 from layerskip.kernels.compiled import compile_layers
-from layerskip.kernels.linear import KERNELS, PackedLinear, StreamedLinear, prepare_for_inference
+from layerskip.kernels.linear import PackedLinear, StreamedLinear, prepare_for_inference
+from layerskip.kernels.policy import KERNELS
 from layerskip.checkpoints.loading import default_model_path, load, load_model
 from layerskip.model.decoder import LlamaForCausalLM
 
@@ -76,13 +77,11 @@ def step_time(model: LlamaForCausalLM, tokens: int, last: int, context: int, rep
     cache = KVCache(model.config, 1, context + tokens, model.device, model.attention_dtype)
     ids = torch.zeros(1, context, dtype=torch.long, device=model.device)
     model.run_layers(model.embed(ids), 0, model.num_layers, cache, 0)
-    cache.commit(context)
     new = torch.ones(1, tokens, dtype=torch.long, device=model.device)
 
     def step() -> None:
         model.unembed(model.run_layers(model.embed(new), 0, last, cache, context))
-        cache.commit(context)
-
+    
     return best_time(step, repeats, inner)
 
 

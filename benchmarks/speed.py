@@ -33,7 +33,8 @@ import torch
 from layerskip.model.config import ModelConfig
 from layerskip.drafters.config import DraftConfig
 from layerskip.drafters.length import LENGTH_POLICIES
-from layerskip.errors import LayerskipError
+from layerskip.cli.arguments import flag_names
+from layerskip.errors import LayerskipError, named_as_flags
 from layerskip.evaluation.datasets import Sample, load_samples
 from layerskip.evaluation.engines import LayerskipEngine
 from layerskip.evaluation.records import SampleLog
@@ -106,7 +107,7 @@ def main() -> None:
         for spec in specs:
             spec.validate(model.num_layers)
     except LayerskipError as exc:
-        parser.error(str(exc))
+        parser.error(named_as_flags(str(exc), flag_names(parser)))
     cfg = GenerationConfig(max_steps=args.max_steps, sampling=SamplingConfig(sample=False), stop_token_ids=())
     if args.prompts == "code":
         prompts = [Sample(f"code/{i}", text, "") for i, text in enumerate(CODE_PROMPTS)]

@@ -20,7 +20,7 @@ import torch
 
 from layerskip.decoding.loop import GenerationConfig, generate
 from layerskip.checkpoints.loading import load
-from layerskip.kernels.native import cpu_model
+from layerskip.kernels.policy import probe
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.kernels.threads import available_cpus, set_threads
 
@@ -69,7 +69,7 @@ def main() -> int:
                 busy.kill()
                 busy.wait()
     dtype = str(loaded.model.dtype).removeprefix("torch.")
-    print(f"CPU: {cpu_model()}, {available_cpus()} CPUs; {loaded.path.name} {dtype}, greedy, {args.max_tokens} tokens, "
+    print(f"CPU: {probe().cpu_model}, {available_cpus()} CPUs; {loaded.path.name} {dtype}, greedy, {args.max_tokens} tokens, "
           f"{len(prompts)} HumanEval prompts, torch {torch.__version__}\n")
     print("| condition | " + " | ".join(f"{n} thread{'s' * (n > 1)} tok/s" for n in counts) + " |")
     print("|---|" + "---:|" * len(counts))

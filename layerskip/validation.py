@@ -8,9 +8,10 @@ tried for writing before the work that fills them.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
+import types
+import typing
 import os
 import tempfile
 from pathlib import Path
@@ -68,67 +69,48 @@ def writable_file(path: str | Path, name: str) -> Path:
     return file
 
 
-#: Integer flags of the generation/dataset argument groups and their lower bounds (ranges checked
-#: downstream, e.g. by SamplingConfig or the draft validation, are not repeated here).
-GENERATION_INTS = {"max_steps": 1, "n_shot": 0, "num_samples": 1, "seed": 0}
-MIN_TEMPERATURE = 1e-4
-#: Float flags and their ranges (as above).
-GENERATION_FLOATS = {"criteria_temperature": (0.0, None), "criteria_high": (0.0, 1.0), "criteria_low": (0.0, 1.0)}
+@dataclasses.dataclass(frozen=True)
+class FieldType:
+    """A dataclass field's annotation read as a value kind: ``base`` one of ``int``, ``float``, ``bool``,
+    ``str``, ``tuple`` (of ints), and whether ``None`` is allowed."""
+
+    base: type
+    optional: bool
 
 
-def check_arguments(args: argparse.Namespace) -> None:
-    """What every command checks first: text flags are valid UTF-8, float flags finite; the numeric
-    generation flags present in ``args`` are in range; exit layer and k are >= 1, or -1 (upstream's
-    spelling of "unset": the model's recommendation)."""
-    for key, value in vars(args).items():
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str):
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise LayerskipError(f"--{key}: not valid UTF-8") from None
-        if isinstance(value, float):
-            as_float(value, f"--{key}")
-    for key, low in GENERATION_INTS.items():
-        if getattr(args, key, None) is not None:
-            as_int(getattr(args, key), f"--{key}", low)
-    for key, (low, high) in GENERATION_FLOATS.items():
-        if getattr(args, key, None) is not None:
-            as_float(getattr(args, key), f"--{key}", low, high)
-    for key in ("temperature", "criteria_temperature"):
-        value = getattr(args, key, None)
-        if value is not None and 0 < value < MIN_TEMPERATURE:  # logits / T overflow: denormals and the like
-            raise LayerskipError(f"--{key} {value} is too small to divide logits by (use >= {MIN_TEMPERATURE}, "
-                                 "or --sample False for greedy decoding)")
-    for key in ("exit_layer", "num_speculations"):
-        value = getattr(args, key, None)
-        if value is not None and value != -1 and value < 1:
-            raise LayerskipError(f"--{key} must be >= 1 (or -1: unset, the model's recommendation), got {value}")
-    for value in getattr(args, "stop_token_ids", None) or []:
-        as_int(value, "--stop_token_ids", 0)
+def field_types(cls: type) -> dict[str, FieldType]:
+    """The fields of the dataclass ``cls`` by name, their annotations resolved (``typing.get_type_hints``)."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = next(a for a in args if a is not type(None))
+        kinds[name] = FieldType(typing.get_origin(hint) or hint, optional)
+    return {f.name: kinds[f.name] for f in dataclasses.fields(cls)}
 
 
 def check_fields(cls: type, values: dict[str, Any], source: str) -> None:
     """JSON values for the dataclass ``cls``: each by its annotation (``int``, ``float``, ``str``,
     ``bool``, ``tuple[int, ...]``, optionally ``| None``), one error line naming ``source`` and the key."""
-    kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    kinds = field_types(cls)
     for key, value in values.items():
         kind = kinds.get(key)
-        if kind is None or (value is None and "None" in kind):
+        if kind is None or (value is None and kind.optional):
             continue
         name = f"{source}: {key}"
-        if kind.startswith("tuple[int"):
+        if kind.base is tuple:
             if not isinstance(value, (list, tuple)):
                 raise LayerskipError(f"{name} must be a list of integers, got {value!r}")
             for item in value:
                 as_int(item, name)
-        elif kind.startswith("int"):
+        elif kind.base is int:
             as_int(value, name)
-        elif kind.startswith("float"):
+        elif kind.base is float:
             as_float(value, name)
-        elif kind.startswith("bool") and not isinstance(value, bool):
+        elif kind.base is bool and not isinstance(value, bool):
             raise LayerskipError(f"{name} must be true or false, got {value!r}")
-        elif kind.startswith("str") and not isinstance(value, str):
+        elif kind.base is str and not isinstance(value, str):
             raise LayerskipError(f"{name} must be a string, got {value!r}")
 
 

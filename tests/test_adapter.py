@@ -16,7 +16,7 @@ from layerskip.model.fingerprint import base_fingerprint
 from layerskip.drafters.adapter import AdapterDrafter
 from layerskip.cli import main
 from layerskip.drafters.draft_head import DraftHead, draft_subset, frequency_ranking, load_ranking, save_ranking
-from layerskip.drafters.base import EarlyExitDrafter
+from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.errors import LayerskipError
 from layerskip.decoding.loop import Decoding, GenerationConfig, generate
 from layerskip.checkpoints.loading import load_model
@@ -124,7 +124,7 @@ def test_greedy_with_adapter_equals_autoregressive(tiny_dir, tmp_path, exit_laye
         assert sd.token_ids == ar.token_ids
         accepted += sd.stats.accepted_tokens
         rejected += sd.stats.drafted_tokens - sd.stats.accepted_tokens
-        assert sd.stats.draft_adapter == str(tmp_path) and sd.stats.exit_layer == exit_layer
+        assert sd.stats.draft.draft_adapter == str(tmp_path) and sd.stats.exit_layer == exit_layer
     assert accepted > 0 and rejected > 0  # both fully and partly accepted rounds happened
 
 
@@ -139,7 +139,7 @@ def test_draft_vocab_greedy_equals_autoregressive(tiny_dir, tmp_path):
     for prompt in PROMPTS:
         sd = generate(model, prompt, GREEDY, Decoding(drafter))
         assert sd.token_ids == generate(model, prompt, GREEDY).token_ids
-        assert sd.stats.draft_vocab == 60
+        assert sd.stats.draft.draft_vocab == 60
 
 
 def test_train_adapter_writes_a_usable_adapter(trained, tiny_dir, tiny_model):
@@ -251,7 +251,7 @@ def test_train_adapter_can_start_from_a_trained_adapter(trained, tiny_dir, tmp_p
     for name, value in start.items():
         torch.testing.assert_close(warm[name], value, rtol=0, atol=1e-6)
     config.update(output_dir=str(tmp_path / "other"), exit_layer=3)
-    with pytest.raises(LayerskipError, match="not a attention adapter at --exit_layer 3"):
+    with pytest.raises(LayerskipError, match="not a attention adapter at `exit_layer` 3"):
         AdapterTrainer(AdapterTrainConfig(**config))
     assert not (tmp_path / "other").exists()
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from layerskip.model.cache import KVCache
-from layerskip.drafters.base import DecodeState, EarlyExitDrafter
+from layerskip.decoding.types import DecodeState
+from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.verification import verify
 
@@ -20,7 +21,7 @@ def test_write_returns_the_whole_buffer_and_overflow_is_an_error(tiny_model):
     with pytest.raises(ValueError):
         cache.slots(5, 3)
     with pytest.raises(ValueError):
-        cache.commit(7)
+        cache.slots(-1, 2)
 
 
 def test_mask_and_positions_follow_each_rows_padding(tiny_model):
@@ -36,7 +37,7 @@ def test_mask_and_positions_follow_each_rows_padding(tiny_model):
 
 
 def test_rollback_then_overwrite_matches_a_fresh_cache(tiny_model):
-    """After drafting junk past the committed length and rolling back, decoding the true tokens
+    """After drafting junk past the verified tokens and rolling back, decoding the true tokens
     gives the same logits and the same cache contents as a cache that never saw the junk."""
     model = tiny_model
     prompt = torch.tensor([[0, 5, 6, 7, 8]])
@@ -49,13 +50,12 @@ def test_rollback_then_overwrite_matches_a_fresh_cache(tiny_model):
 
         dirty = KVCache(model.config, 1, 16, "cpu", torch.float32)
         model(prompt, dirty, 0)
-        dirty.commit(5)
         model(junk, dirty, 5, exit_layer=2)  # draft layers only
         model(junk[:, :2], dirty, 5)  # a full verification of junk
         ptrs = [t.data_ptr() for t in dirty.keys]
-        dirty.commit(5)  # roll back: only the length moves
-        assert dirty.length == 5 and [t.data_ptr() for t in dirty.keys] == ptrs
-        got = model(truth, dirty, 5)
+        assert not torch.equal(dirty.keys[0][:, :, 5:8], clean.keys[0][:, :, 5:8])  # stale entries are there
+        got = model(truth, dirty, 5)  # the roll back: decode again from slot 5, nothing copied
+        assert [t.data_ptr() for t in dirty.keys] == ptrs
     torch.testing.assert_close(got, expected)
     for mine, theirs in zip(dirty.keys + dirty.values, clean.keys + clean.values):
         torch.testing.assert_close(mine[:, :, :8], theirs[:, :, :8])
@@ -68,7 +68,6 @@ def test_verification_reuses_draft_states(tiny_model):
     with torch.no_grad():
         cache = KVCache(model.config, 1, 32, "cpu", torch.float32)
         model(torch.tensor([prompt[:-1]]), cache, 0)
-        cache.commit(5)
         state = DecodeState(model, cache, list(prompt), 5, SamplingConfig(sample=False), None, frozenset())
         drafter = EarlyExitDrafter(2, 4)
         draft = drafter.propose(state, 10)

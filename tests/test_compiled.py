@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from helpers import assert_one_line_error, dampen_layers, run_cli
-from layerskip.kernels.compiled import compile_layers, compiler_problem
+from layerskip.kernels.compiled import compile_layers
+from layerskip.kernels.policy import compile_problem
 from layerskip.drafters.config import DraftConfig
 from layerskip.kernels.linear import prepare_for_inference
 from layerskip.decoding.loop import GenerationConfig, generate
@@ -18,7 +19,7 @@ from layerskip.decoding.strategy import Strategy
 GREEDY = SamplingConfig(sample=False)
 PROMPT = [0, 17, 42, 99, 7, 150, 17, 42]
 
-needs_compiler = pytest.mark.skipif(compiler_problem(torch.device("cpu")) is not None, reason="no C++ compiler")
+needs_compiler = pytest.mark.skipif(compile_problem(torch.device("cpu")) is not None, reason="no C++ compiler")
 
 
 @needs_compiler
@@ -47,7 +48,7 @@ def test_compiled_decoding_equals_eager_and_self_speculation_stays_exact(tiny_di
     assert max(compiled_calls) > 1  # verifications of several tokens too
     with torch.inference_mode():
         ids = torch.tensor([PROMPT])
-        torch.testing.assert_close(model(ids), eager(ids), rtol=1e-4, atol=1e-4)  # prefill: the eager loop
+        torch.testing.assert_close(model(ids), eager(ids), rtol=1e-4, atol=1e-4)  # a cacheless forward: eager layers
 
 
 def test_compile_bad_input_is_one_line_before_loading(tiny_dir, monkeypatch):
@@ -76,3 +77,14 @@ def test_two_compiled_models_in_one_process_each_decode_their_own_tokens(tiny_di
     assert expected[0] != expected[1]
     for _ in range(2):  # alternate: each model's one-token graph reused after the other's ran
         assert [generate(m, PROMPT, config).token_ids for m in compiled] == expected
+
+
+def test_guard_skipping_is_feature_tested(monkeypatch) -> None:
+    """The private set_stance knob is used only where this torch has it (else every guard is checked)."""
+    from layerskip.kernels import compiled
+
+    assert compiled.skips_guards() == ("skip_guard_eval_unsafe" in __import__("inspect").signature(torch.compiler.set_stance).parameters)
+    monkeypatch.setattr(torch.compiler, "set_stance", lambda stance="default", *, force_backend=None: None)
+    assert not compiled.skips_guards()
+    monkeypatch.delattr(torch.compiler, "set_stance")
+    assert not compiled.skips_guards()

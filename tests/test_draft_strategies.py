@@ -133,7 +133,7 @@ def test_adaptive_lengths_start_each_generation_afresh_and_report_k(tiny_model, 
     assert again.as_dict() | {"total_time": 0, "time_to_first_token": 0, "time_per_token": 0, "tokens_per_second": 0} == \
         first.as_dict() | {"total_time": 0, "time_to_first_token": 0, "time_per_token": 0, "tokens_per_second": 0}
     assert first.drafted_tokens == generate(tiny_model, PROMPT, config, Decoding(fresh())).stats.drafted_tokens
-    assert (first.num_speculations, first.draft_length) == (3, length)
+    assert (first.draft.num_speculations, first.draft.draft_length) == (3, length)
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ def test_custom_jsonl_fields_and_malformed_lines(tmp_path):
         load_samples("custom_jsonl", str(bad), prompt_field="q", response_field="a")
     with pytest.raises(LayerskipError, match=r"data.jsonl:1: missing field\(s\) prompt"):
         load_samples("custom_jsonl", str(path))
-    with pytest.raises(LayerskipError, match="needs --data_path"):
+    with pytest.raises(LayerskipError, match="needs `data_path`"):
         load_samples("custom_jsonl")
     with pytest.raises(LayerskipError, match="must contain"):
         load_samples("human_eval", template="no placeholder")
@@ -61,7 +61,7 @@ def test_hub_dataset_offline_says_how_to_supply_data(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(LayerskipError, match="--data_path DIR"):
+    with pytest.raises(LayerskipError, match="`data_path` DIR"):
         load_samples("xsum_summarization")
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerskip.drafters.base import EarlyExitDrafter
+from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.errors import LayerskipError
-from layerskip.kernels.linear import FusedLinear, Int8Linear, PackedLinear, StreamedLinear, cpu_has_native_bf16, prepare_for_inference
+from layerskip.kernels import policy
+from layerskip.kernels.linear import FusedLinear, Int8Linear, PackedLinear, StreamedLinear, prepare_for_inference
 from layerskip.decoding.loop import Decoding, GenerationConfig, generate
 from layerskip.checkpoints.loading import load, load_model
 from layerskip.decoding.sampling import SamplingConfig
@@ -38,7 +39,7 @@ def test_grouped_fusion_returns_one_view_per_group() -> None:
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not in this torch build")
 needs_onednn_bf16 = pytest.mark.skipif(
-    not cpu_has_native_bf16(),
+    not policy.probe().native_bf16,
     reason="this CPU has no native bf16 (oneDNN packs bf16 only with AVX-512 BF16 or AMX)",
 )
 
@@ -89,13 +90,15 @@ def test_bfloat16_model_on_cpu_attends_in_float32_and_follows_its_float32_logits
     reference = load_model(tiny_dir, torch.device("cpu"), torch.float32)
     model = prepare_for_inference(load_model(tiny_dir, torch.device("cpu"), torch.bfloat16))
     assert model.dtype == torch.bfloat16 and model.attention_dtype == torch.float32
-    assert isinstance(model.lm_head, (PackedLinear, StreamedLinear)) == cpu_has_native_bf16()
+    assert isinstance(model.lm_head, (PackedLinear, StreamedLinear)) == policy.probe().native_bf16
     tokens = torch.tensor([[0, 17, 42, 99, 7, 3]])
     logits = model(tokens)
     assert logits.dtype == torch.bfloat16
     torch.testing.assert_close(logits.float(), reference(tokens), rtol=0.05, atol=0.05)
     out = generate(model, [0, 17, 42], GenerationConfig(max_steps=8, sampling=GREEDY))
-    assert len(out.token_ids) == 8
+    assert out.token_ids[0] == int(model(torch.tensor([[0, 17, 42]]))[0, -1].argmax())  # the prefill's greedy choice
+    step = model(torch.tensor([[0, 17, 42, out.token_ids[0]]]))[0, -1].float()  # and the next, a full forward away
+    assert step[out.token_ids[1]] >= step.max() - 0.05  # the chosen token, up to bf16 rounding of near-ties
 
 
 def test_int8_linear_is_its_dequantized_weight() -> None:
@@ -129,11 +132,13 @@ def test_int8_self_speculative_equals_its_autoregressive_output(tiny_dir) -> Non
 
 
 def test_unknown_quantization_is_one_error_line(tiny_dir) -> None:
-    with pytest.raises(LayerskipError, match="--quantize"):
+    with pytest.raises(LayerskipError, match="`quantize`"):
         load(str(tiny_dir), "cpu", "float32", "int4")
 
 
 def test_auto_dtype_is_bf16_only_for_layers_that_stream_enough_bytes(monkeypatch) -> None:
+    import dataclasses
+
     from layerskip.checkpoints import loading
     from layerskip.model.config import ModelConfig
 
@@ -143,11 +148,12 @@ def test_auto_dtype_is_bf16_only_for_layers_that_stream_enough_bytes(monkeypatch
                                       "vocab_size": 100})
 
     small, large = config(288, 768), config(576, 1536)  # 2.8 and 13.5 MiB of float32 per layer
-    assert loading.layer_weight_bytes(large) == 4 * 576 * (2 * 576 + 2 * 192 + 3 * 1536)
+    assert policy.layer_weight_bytes(large) == 4 * 576 * (2 * 576 + 2 * 192 + 3 * 1536)
     cpu = torch.device("cpu")
-    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
+    found = policy.probe()
+    monkeypatch.setattr(policy, "probe", lambda: dataclasses.replace(found, native_bf16=True))
     assert loading.resolve_dtype("auto", cpu, large) == torch.bfloat16
     assert loading.resolve_dtype("auto", cpu, small) == torch.float32
     assert loading.resolve_dtype("float32", cpu, large) == torch.float32
-    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(policy, "probe", lambda: dataclasses.replace(found, native_bf16=False))
     assert loading.resolve_dtype("auto", cpu, large) == torch.float32

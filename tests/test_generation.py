@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerskip.drafters.base import DecodeState, Draft, Drafter, EarlyExitDrafter
+from layerskip.decoding.types import DecodeState, Draft
+
+from layerskip.drafters.base import Drafter
+
+from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.decoding.loop import Decoding, GenerationConfig, generate
 from layerskip.decoding.sampling import SamplingConfig
 
@@ -132,7 +136,7 @@ def test_no_repeat_ngram_applies_to_every_verified_position(tiny_model):
 def test_stats_are_consistent(tiny_model):
     got = generate(tiny_model, PROMPTS[5], GenerationConfig(max_steps=20, sampling=GREEDY), Decoding(EarlyExitDrafter(2, 3)))
     s = got.stats
-    assert s.exit_layer == 2 and s.num_speculations == 3
+    assert s.exit_layer == 2 and s.draft.num_speculations == 3
     assert s.acceptance_rate == pytest.approx(s.accepted_tokens / s.drafted_tokens)
     assert s.draft_forwards == s.drafted_tokens
     assert s.mean_tokens_per_verification == pytest.approx((20 - 1) / s.verify_forwards)

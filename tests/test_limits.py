@@ -12,7 +12,7 @@ from layerskip.decoding.limits import check_fits, kv_cache_bytes
 def test_positions_past_the_model_say_how_many_fit(tiny_model):
     limit = tiny_model.config.max_position_embeddings
     check_fits(tiny_model, 10, limit - 10)
-    with pytest.raises(LayerskipError, match=f"at most --max_steps {limit - 10} fit"):
+    with pytest.raises(LayerskipError, match=f"at most `max_steps` {limit - 10} fit"):
         check_fits(tiny_model, 10, limit - 9)
     with pytest.raises(LayerskipError, match="shorten the prompt"):
         check_fits(tiny_model, limit, 1)

@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from layerskip.kernels import native
-from layerskip.kernels.linear import PackedLinear, StreamedLinear, choose_kernel, make_linear, prepare_for_inference
+from layerskip.kernels import policy
+from layerskip.kernels.linear import PackedLinear, StreamedLinear, make_linear, prepare_for_inference
+from layerskip.kernels.policy import linear_kernel
 from layerskip.decoding.loop import GenerationConfig, generate
 from layerskip.checkpoints.loading import load_model
 from layerskip.decoding.sampling import SamplingConfig
+from layerskip.decoding.strategy import Strategy
 
-needs_native = pytest.mark.skipif(not native.cpu_kernels(), reason=f"{native.cpu_kernels_problem()}")
+needs_native = pytest.mark.skipif(not policy.native_kernels(), reason=f"{policy.native_kernels_problem()}")
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,11 +67,11 @@ def test_bad_packed_weight_is_refused_by_the_op() -> None:
 @needs_native
 def test_kernel_choice_per_weight() -> None:
     bf16 = torch.randn(8, 16).to(torch.bfloat16)
-    assert choose_kernel(bf16) == "streamed" and isinstance(make_linear(bf16, None), StreamedLinear)
-    assert choose_kernel(torch.randn(8, 15).to(torch.bfloat16)) != "streamed"  # odd width: oneDNN's kernel
-    assert choose_kernel(bf16, "packed") == "packed" and isinstance(make_linear(bf16, None, kernel="packed"), PackedLinear)
-    assert choose_kernel(torch.randn(8, 16)) == "packed"  # float32 stays on oneDNN
-    assert choose_kernel(bf16, "dense") == "dense"
+    assert linear_kernel(bf16) == "streamed" and isinstance(make_linear(bf16, None), StreamedLinear)
+    assert linear_kernel(torch.randn(8, 15).to(torch.bfloat16)) != "streamed"  # odd width: oneDNN's kernel
+    assert linear_kernel(bf16, "packed") == "packed" and isinstance(make_linear(bf16, None, kernel="packed"), PackedLinear)
+    assert linear_kernel(torch.randn(8, 16)) == "packed"  # float32 stays on oneDNN
+    assert linear_kernel(bf16, "dense") == "dense"
 
 
 def test_unknown_kernel_is_refused_before_any_weight_is_touched(tiny_dir) -> None:
@@ -88,7 +91,10 @@ def test_streamed_model_matches_the_onednn_model_and_keeps_the_head_weight(tiny_
     assert tied == streamed.config.tie_word_embeddings and hasattr(streamed.lm_head, "weight")  # draft heads copy its rows
     tokens = torch.tensor([[0, 17, 42, 99, 7, 3]])
     torch.testing.assert_close(streamed(tokens).float(), packed(tokens).float(), rtol=0.03, atol=0.03)
-    assert len(generate(streamed, [0, 17, 42], greedy).token_ids) == 12
+    decoded = generate(streamed, [0, 17, 42], greedy).token_ids
+    assert decoded[0] == int(streamed(torch.tensor([[0, 17, 42]]))[0, -1].argmax())  # the prefill's greedy choice
+    drafted = Strategy.parse("self_speculative:exit_layer=2,num_speculations=3").decoding(streamed.num_layers)
+    assert generate(streamed, [0, 17, 42], greedy, drafted).token_ids == decoded  # every row the same for any count
 
 
 @needs_native
@@ -103,25 +109,48 @@ def test_streamed_op_traces_under_torch_compile_with_a_symbolic_token_count() ->
 
 def test_native_kernels_can_be_turned_off(monkeypatch) -> None:
     monkeypatch.setenv("LAYERSKIP_NATIVE", "0")
-    assert not native.cpu_kernels() and "LAYERSKIP_NATIVE=0" in native.cpu_kernels_problem()
-    assert choose_kernel(torch.randn(8, 16).to(torch.bfloat16)) != "streamed"
+    assert not policy.native_kernels() and "LAYERSKIP_NATIVE=0" in policy.native_kernels_problem()
+    assert linear_kernel(torch.randn(8, 16).to(torch.bfloat16)) != "streamed"
+    assert not policy.native_attention(torch.device("cpu"), 64)
+
+
+def with_capabilities(monkeypatch, **changes) -> None:
+    """Pretend the probe found ``changes`` (the policy's decisions recomputed from them)."""
+    import dataclasses
+
+    caps = dataclasses.replace(policy.probe(), **changes)
+    monkeypatch.setattr(policy, "probe", lambda: caps)
+    policy._native_kernels_problem.cache_clear()
 
 
 def test_no_avx512_bf16_or_compiler_is_a_reason_not_a_failure(monkeypatch) -> None:
     monkeypatch.delenv("LAYERSKIP_NATIVE", raising=False)
-    monkeypatch.setattr(native, "cpu_flags", lambda: {"avx2"})
-    native._load.cache_clear()
     try:
-        assert native.cpu_kernels_problem() == "the CPU has no AVX-512 BF16"
-        monkeypatch.setattr(native, "cpu_flags", lambda: {"avx512_bf16", "avx512bw"})
-        monkeypatch.setattr(native.shutil, "which", lambda name: None)
+        with_capabilities(monkeypatch, cpu_flags=frozenset({"avx2"}))
+        assert policy.native_kernels_problem() == "the CPU has no AVX-512 BF16"
+        assert linear_kernel(torch.randn(8, 16).to(torch.bfloat16)) != "streamed"
+        with_capabilities(monkeypatch, cpu_flags=frozenset({"avx512_bf16", "avx512bw"}), machine="x86_64")
+        monkeypatch.setattr(native.shutil, "which", lambda name, path=None: None)
         monkeypatch.delenv("CXX", raising=False)
-        native._load.cache_clear()
-        if native.platform.machine().lower() in ("x86_64", "amd64"):
-            assert "no C++ compiler" in native.cpu_kernels_problem()
+        policy._native_kernels_problem.cache_clear()
+        assert "no C++ compiler" in policy.native_kernels_problem()
+        assert "C++ compiler" in policy.compile_problem(torch.device("cpu"))
     finally:
         monkeypatch.undo()
-        native._load.cache_clear()
+        policy._native_kernels_problem.cache_clear()
+    assert policy.native_kernels_problem() == policy.native_kernels_problem()  # back to this machine's answer
+
+
+def test_the_requested_kernel_decides_attention_too() -> None:
+    """``streamed`` measures what ``auto`` gives users (native attention where it applies); ``packed`` and
+    ``dense`` measure PyTorch's attention."""
+    cpu = torch.device("cpu")
+    native_here = policy.native_kernels()
+    assert policy.native_attention(cpu, 64, "auto") == policy.native_attention(cpu, 64, "streamed") == native_here
+    assert not policy.native_attention(cpu, 64, "packed") and not policy.native_attention(cpu, 64, "dense")
+    assert not policy.native_attention(cpu, 12) and not policy.native_attention(cpu, 256)
+    with pytest.raises(ValueError, match="unknown kernel 'fast'"):
+        policy.native_attention(cpu, 64, "fast")
 
 
 def sdpa_reference(q, k, v, mask):
@@ -245,8 +274,6 @@ def test_decoder_blocks_compute_the_module_path_and_rows_do_not_depend_on_the_to
 def test_decoder_blocks_keep_greedy_self_speculation_equal_to_autoregressive(tiny_dir) -> None:
     """With every decoding step on the one-call sublayers, bf16 self-speculation is exact by construction
     for drafts that stay within the native query count."""
-    from layerskip.decoding.strategy import Strategy
-
     model = prepare_for_inference(load_model(tiny_dir, torch.device("cpu"), torch.bfloat16))
     assert model.model.layers[0].attn_block is not None
     greedy = GenerationConfig(max_steps=40, sampling=SamplingConfig(sample=False))

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from layerskip.kernels import native
+from layerskip.kernels import native, policy
 from layerskip.kernels.native import Build, BuildError
 
 needs_buildable = pytest.mark.skipif(
-    not native.cpu_supported() or native.cpu_compiler_problem() is not None, reason="the kernels cannot be built here")
+    not policy.probe().native_isa or policy.cpu_compiler_problem() is not None, reason="the kernels cannot be built here")
 
-LOAD = "from layerskip.kernels import native; p = native.cpu_kernels_problem(); print('LOADED' if p is None else 'PROBLEM ' + p)"
+LOAD = ("from layerskip.kernels import policy; p = policy.native_kernels_problem(); "
+        "print('LOADED' if p is None else 'PROBLEM ' + p)")
 
 
 def start(root: Path, code: str = LOAD) -> subprocess.Popen:
@@ -63,18 +64,18 @@ def test_a_build_killed_midway_then_two_processes_at_once_build_once_and_load(tm
 def test_a_second_environment_with_the_same_torch_uses_the_same_build(tmp_path) -> None:
     """Another virtual environment (its own interpreter path and prefix, the same torch) finds this
     machine's build: it compiles nothing."""
-    assert native.cpu_kernels()  # this environment's build exists
+    assert policy.native_kernels()  # this environment's build exists
     other = tmp_path / "other-venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(other)], check=True, timeout=120)
     site = next(Path(p) for p in sys.path if p.endswith("site-packages") and (Path(p) / "torch").is_dir())
     other_site = next((other / "lib").glob("python3*/site-packages"))
     (other_site / "shared.pth").write_text(f"{site}\n{Path(native.__file__).parents[1]}\n")
-    code = LOAD + "; print(native.current_build().key)"
+    code = LOAD + "; from layerskip.kernels import native; print(native.current_build(policy.probe().cpu_flags).key)"
     env = dict(os.environ, LAYERSKIP_KERNELS=str(native.kernels_root()))
     env.pop("LAYERSKIP_NATIVE", None)
     done = subprocess.run([str(other / "bin" / "python"), "-c", code], env=env, capture_output=True, text=True,
                           timeout=120)
-    assert done.stdout.split() == ["LOADED", native.current_build().key], done.stderr
+    assert done.stdout.split() == ["LOADED", native.current_build(policy.probe().cpu_flags).key], done.stderr
     assert "building" not in done.stderr
 
 
@@ -164,15 +165,14 @@ def test_rebuild_replaces_an_existing_build(tmp_path, monkeypatch) -> None:
 
 
 def test_the_key_follows_what_makes_the_binary(monkeypatch) -> None:
-    key = native.build_key("c++")
+    flags = frozenset({"avx512_bf16", "avx512bw"})
+    key = native.build_key("c++", flags)
+    assert native.build_key("c++", flags | {"amx_bf16"}) != key
     monkeypatch.setattr(native, "CFLAGS", (*native.CFLAGS, "-g"))
-    assert native.build_key("c++") != key
-    monkeypatch.undo()
-    monkeypatch.setattr(native, "cpu_flags", lambda: {"avx2"})
-    assert native.build_key("c++") != key
+    assert native.build_key("c++", flags) != key
     monkeypatch.undo()
     monkeypatch.setattr(native, "source_digest", lambda: "0" * 64)
-    assert native.build_key("c++") != key
+    assert native.build_key("c++", flags) != key
     monkeypatch.undo()
     monkeypatch.setattr(sys, "executable", "/elsewhere/bin/python")
-    assert native.build_key("c++") == key  # not the environment's path
+    assert native.build_key("c++", flags) == key  # not the environment's path

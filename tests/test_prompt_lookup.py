@@ -16,7 +16,9 @@ from test_sampling import chi2, chi2_critical
 
 from layerskip.cli import main
 from layerskip.drafters.config import DraftConfig, build_drafter, load_draft_config, validate
-from layerskip.drafters.base import Draft, Drafter, DraftReport, EarlyExitDrafter
+from layerskip.decoding.types import Draft, DraftReport
+from layerskip.drafters.base import Drafter
+from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.errors import LayerskipError
 from layerskip.decoding.loop import Decoding, GenerationConfig, generate
 from layerskip.checkpoints.loading import load_model
@@ -149,9 +151,9 @@ def test_composition_updates_only_the_drafter_that_drafted(tiny_model):
     drafter = LookupOrModelDrafter(PromptLookupDrafter(3), model)
     stats = generate(tiny_model, PROMPT, GenerationConfig(max_steps=40, sampling=GREEDY), Decoding(drafter)).stats
     assert len(model.updates) == len(model.proposed) > 0 and [d for d, _ in model.updates] == model.proposed
-    assert stats.lookup_rounds > 0 and stats.lookup_rounds + len(model.proposed) == stats.verify_forwards
-    assert stats.lookup_drafted_tokens + sum(model.proposed) == stats.drafted_tokens
-    assert (stats.exit_layer, stats.num_speculations) == (2, 3)
+    assert stats.draft.lookup.rounds > 0 and stats.draft.lookup.rounds + len(model.proposed) == stats.verify_forwards
+    assert stats.draft.lookup.drafted_tokens + sum(model.proposed) == stats.drafted_tokens
+    assert (stats.exit_layer, stats.draft.num_speculations) == (2, 3)
 
 
 @pytest.mark.parametrize("draft, exit_layer, k", [
@@ -165,12 +167,12 @@ def test_greedy_prompt_lookup_equals_autoregressive(tiny_model, draft, exit_laye
     got = generate(tiny_model, PROMPT, config, chosen)
     s = got.stats
     assert got.token_ids == expected
-    assert 0 < s.lookup_accepted_tokens < s.lookup_drafted_tokens  # lookups were made, some accepted, some not
-    assert s.num_speculations == (k or 10)
+    assert 0 < s.draft.lookup.accepted_tokens < s.draft.lookup.drafted_tokens  # lookups were made, some accepted, some not
+    assert s.draft.num_speculations == (k or 10)
     if draft == "prompt_lookup":
-        assert s.lookup_drafted_tokens == s.drafted_tokens and s.draft_forwards == 0
+        assert s.draft.lookup.drafted_tokens == s.drafted_tokens and s.draft_forwards == 0
     else:
-        assert s.drafted_tokens > s.lookup_drafted_tokens and s.exit_layer == exit_layer  # the model drafted too
+        assert s.drafted_tokens > s.draft.lookup.drafted_tokens and s.exit_layer == exit_layer  # the model drafted too
 
 
 @pytest.mark.parametrize("draft, factor", [("prompt_lookup", 1.0), ("prompt_lookup+model", 0.5), ("prompt_lookup+model", 2.0)])
@@ -183,7 +185,7 @@ def test_greedy_prompt_lookup_with_a_length_factor_equals_autoregressive(tiny_mo
     scaled.validate(tiny_model.num_layers)
     got = generate(tiny_model, PROMPT, config, scaled.decoding(tiny_model.num_layers))
     assert got.token_ids == expected
-    assert 0 < got.stats.lookup_drafted_tokens < fixed.lookup_drafted_tokens  # shorter lookup drafts, same output
+    assert 0 < got.stats.draft.lookup.drafted_tokens < fixed.draft.lookup.drafted_tokens  # shorter lookup drafts, same output
 
 
 def test_lookup_drafts_its_own_length_while_the_model_drafts_k(tiny_model):
@@ -194,7 +196,7 @@ def test_lookup_drafts_its_own_length_while_the_model_drafts_k(tiny_model):
     decoding = Strategy("layerskip", "self_speculative", draft).decoding(tiny_model.num_layers)
     assert (decoding.drafter.lookup.max_tokens, decoding.drafter.model.max_tokens, decoding.drafter.max_tokens) == (6, 2, 6)
     got = generate(tiny_model, PROMPT, config, decoding)
-    assert got.token_ids == expected and got.stats.lookup_drafted_tokens > 0
+    assert got.token_ids == expected and got.stats.draft.lookup.drafted_tokens > 0
 
 
 def test_greedy_prompt_lookup_composes_with_layerwise_drafts_and_no_repeat_ngram(tiny_model):
@@ -203,7 +205,7 @@ def test_greedy_prompt_lookup_composes_with_layerwise_drafts_and_no_repeat_ngram
         expected = generate(tiny_model, PROMPT, config).token_ids
         draft = DraftConfig(3, 4, criteria="top2_margin", threshold=0.2, draft_length="heuristic", draft="prompt_lookup+model")
         got = generate(tiny_model, PROMPT, config, Decoding(build_drafter(draft, tiny_model.num_layers)))
-        assert got.token_ids == expected and got.stats.lookup_rounds > 0 and got.stats.mean_exit_layer is not None
+        assert got.token_ids == expected and got.stats.draft.lookup.rounds > 0 and got.stats.mean_exit_layer is not None
 
 
 @pytest.mark.parametrize("draft, factor", [("prompt_lookup", None), ("prompt_lookup+model", None), ("prompt_lookup+model", 2.0)])
@@ -243,8 +245,8 @@ def test_sampling_with_prompt_lookup_reproduces_full_model_distribution(tiny_dir
     for seed in range(n):
         got = generate(model, prompt, GenerationConfig(max_steps=3, sampling=sampling, seed=seed), Decoding(drafter))
         counts[tuple(got.token_ids)] = counts.get(tuple(got.token_ids), 0) + 1
-        lookup_drafted += got.stats.lookup_drafted_tokens
-        lookup_accepted += got.stats.lookup_accepted_tokens
+        lookup_drafted += got.stats.draft.lookup.drafted_tokens
+        lookup_accepted += got.stats.draft.lookup.accepted_tokens
         drafted += got.stats.drafted_tokens
     assert 0 < lookup_accepted < lookup_drafted  # lookup drafts were accepted and rejected
     if draft == "prompt_lookup+model":
@@ -266,10 +268,10 @@ def test_draft_config_fields_round_trip_and_validate(tmp_path):
     for bad, needle in [
         (DraftConfig(draft="prompt_lookup", prompt_lookup_min_ngram=0), "need 1 <= min <= max"),
         (DraftConfig(draft="prompt_lookup", prompt_lookup_min_ngram=3, prompt_lookup_max_ngram=2), "need 1 <= min <= max"),
-        (DraftConfig(2, 2, draft="lookup"), "--draft must be one of"),
-        (DraftConfig(draft="prompt_lookup+model", num_speculations=3), "needs --exit_layer"),
-        (DraftConfig(draft="prompt_lookup", prompt_lookup_factor=0.0), "prompt_lookup_factor 0.0: needs a number > 0"),
-        (DraftConfig(2, 2, prompt_lookup_factor=0.5), "needs a number > 0 and --draft prompt_lookup"),
+        (DraftConfig(2, 2, draft="lookup"), "`draft` must be one of"),
+        (DraftConfig(draft="prompt_lookup+model", num_speculations=3), "needs `exit_layer`"),
+        (DraftConfig(draft="prompt_lookup", prompt_lookup_factor=0.0), "`prompt_lookup_factor` 0.0: needs a number > 0"),
+        (DraftConfig(2, 2, prompt_lookup_factor=0.5), "needs a number > 0 and `draft` prompt_lookup"),
     ]:
         with pytest.raises(LayerskipError, match=needle):
             Strategy("layerskip", "self_speculative", bad).validate(4)

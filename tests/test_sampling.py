@@ -14,7 +14,7 @@ from layerskip.model.adapter import init_adapter, save_adapter
 from layerskip.drafters.adapter import AdapterDrafter
 from layerskip.drafters.draft_head import save_ranking
 
-from layerskip.drafters.base import EarlyExitDrafter
+from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.checkpoints.loading import load_model
 from layerskip.decoding.loop import Decoding, GenerationConfig, generate
 from layerskip.decoding.sampling import SamplingConfig, banned_ngram_tokens, probabilities, process_logits

@@ -84,4 +84,4 @@ def test_a_pinned_process_defaults_to_its_cpus_and_env_reports_them(tmp_path) ->
     assert done.returncode == 0, done.stderr
     facts = json.loads(done.stdout)
     assert facts["threads"].startswith("1 (CPUs this process may run on: 1;")
-    assert {"native kernels", "dtype auto", "--compile", "torch", "cpu"} <= set(facts)
+    assert {"native kernels", "dtype auto", "torch.compile", "torch", "cpu"} <= set(facts)

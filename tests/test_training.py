@@ -90,7 +90,7 @@ def test_resume_refuses_changed_settings(corpus_dir, tmp_path):
 def test_distill_must_be_a_fraction(corpus_dir, tmp_path):
     from layerskip.errors import LayerskipError
 
-    with pytest.raises(LayerskipError, match="--distill"):
+    with pytest.raises(LayerskipError, match="`distill`"):
         Trainer(config(corpus_dir, tmp_path / "run", steps=2, distill=1.5))
 
 

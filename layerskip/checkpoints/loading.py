@@ -20,7 +20,8 @@ import torch
 from layerskip.kernels.compiled import compile_layers, require_compiler
 from layerskip.model.config import ModelConfig
 from layerskip.errors import LayerskipError, read_json_object
-from layerskip.kernels.linear import check_quantize, cpu_has_native_bf16, prepare_for_inference
+from layerskip.kernels.linear import check_quantize, prepare_for_inference
+from layerskip.kernels.policy import auto_dtype
 from layerskip.checkpoints.gguf import gguf_checkpoint
 from layerskip.model.decoder import LlamaForCausalLM
 from layerskip.checkpoints.registry import REGISTRY, fetched_dir
@@ -57,40 +58,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
         raise LayerskipError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LayerskipError(f"--device {name} requested but no CUDA device is available")
+        raise LayerskipError(f"`device` {name} requested but no CUDA device is available")
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise LayerskipError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise LayerskipError(f"`device` {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
 
 
-#: float32 weight bytes per decoder layer from which a bf16 step is faster on a native-bf16 CPU
-BF16_MIN_LAYER_BYTES = 8 * 2**20
-
-
-def layer_weight_bytes(config: ModelConfig) -> int:
-    """Float32 bytes of one decoder layer's projections (what a decoding step streams per layer)."""
-    q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
-    return 4 * config.hidden_size * (2 * q + 2 * kv + 3 * config.intermediate_size)
-
-
 def resolve_dtype(name: str, device: torch.device, config: ModelConfig | None = None) -> torch.dtype:
-    """``auto``: bfloat16 where it is faster for this model on this hardware, else float32.
-
-    A rule from measurements, not a timing at load (deterministic, no start-up cost;
-    ``benchmarks/roofline.py``, BENCHMARKS.md "Engine speed"): on a CPU without AVX-512 BF16 or AMX,
-    bf16 linear layers convert the weight on every call and measured 2-3x slower than float32, so
-    halving the bytes read does not pay. With native bf16 (weights prepacked by oneDNN) a step reads
-    half the bytes but pays a fixed cost per layer (casts to the float32 attention, bf16 kernel
-    calls, ~0.1 ms per layer measured on a 2-core Zen 5): bf16 wins once a layer streams enough
-    bytes — SmolLM2-135M (13.5 MiB of float32 per layer) 13.6 vs 19 ms a step, the shipped 10M model
-    (2.8 MiB per layer) 4.5 vs 3.2 ms. The cut is ``BF16_MIN_LAYER_BYTES``; without a config the
-    hardware alone decides.
-    """
+    """The dtype ``name`` names; ``auto``: what ``layerskip.kernels.policy.auto_dtype`` picks for this
+    model (``config``) on ``device``."""
     if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        big = config is None or layer_weight_bytes(config) >= BF16_MIN_LAYER_BYTES
-        return torch.bfloat16 if cpu_has_native_bf16() and big else torch.float32
+        return auto_dtype(device, config)
     if name not in DTYPES:
         raise LayerskipError(f"unknown dtype {name!r} (use auto, float32, bfloat16 or float16)")
     return DTYPES[name]
@@ -104,7 +82,7 @@ def resolve_model_path(model: str) -> Path:
         if path.is_file() and path.suffix.lower() == ".gguf":
             return gguf_checkpoint(path)
         if not path.is_dir():
-            raise LayerskipError(f"--model {model}: not a directory or a .gguf file")
+            raise LayerskipError(f"`model` {model}: not a directory or a .gguf file")
         return path.resolve()
     if model in REGISTRY:
         if not fetched_dir(model).is_dir():
@@ -142,7 +120,7 @@ def _download(repo_id: str) -> Path:
         raise LayerskipError(
             f"cannot download {repo_id} from the hub ({type(exc).__name__}); it is not in the local cache "
             f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}). Download it where the hub is reachable "
-            "and pass its local directory to --model"
+            "and pass its local directory to `model`"
         ) from None
 
 
@@ -234,13 +212,13 @@ def load(model: str | None = None, device: str = "auto", dtype: str = "auto", qu
     modules are the checkpoint's own (to copy layers from, or to train)."""
     check_quantize(quantize)
     if compile and quantize != "none":
-        raise LayerskipError("--compile applies to --quantize none (int8 layers run eagerly)")
+        raise LayerskipError("`compile` applies to `quantize` none (int8 layers run eagerly)")
     dev = resolve_device(device)
     if compile:
         require_compiler(dev)  # before any weight is read
     path = resolve_model_path(model) if model else default_model_path()
     if not model and not (path / "config.json").exists():
-        raise LayerskipError(f"the shipped model is missing from {path}; pass --model")
+        raise LayerskipError(f"the shipped model is missing from {path}; pass `model`")
     net = load_model(path, dev, resolve_dtype(dtype, dev, ModelConfig.from_file(path / "config.json")))
     if prepare:
         prepare_for_inference(net, quantize, for_compile=compile)

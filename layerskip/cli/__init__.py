@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from layerskip import __version__
 from layerskip.cli import benchmark, correctness, env, evaluate, fetch, generate, self_generate, sweep, train, train_adapter, tune
-from layerskip.cli.arguments import ArgumentParser, HelpFormatter, SubcommandParser
-from layerskip.errors import LayerskipError
+from layerskip.cli.arguments import ArgumentParser, HelpFormatter, SubcommandParser, flag_names
+from layerskip.errors import LayerskipError, named_as_flags
 from layerskip.kernels.threads import check_threads, set_threads
-from layerskip.validation import check_arguments
+from layerskip.cli.checks import check_arguments
 
 
 DESCRIPTION = """LayerSkip early-exit inference and self-speculative decoding: generate text, benchmark,
@@ -39,6 +40,12 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def flags_of(command: str) -> dict[str, str]:
+    """Setting name -> the flag that sets it, for ``layerskip COMMAND``."""
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return flag_names(subparsers.choices[command])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -47,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             set_threads(None if args.threads is None else check_threads(args.threads, "--threads"))
         return int(args.handler(args) or 0)
     except LayerskipError as exc:
-        sys.stderr.write(f"layerskip {args.command}: error: {exc}\n")
+        sys.stderr.write(f"layerskip {args.command}: error: {named_as_flags(str(exc), flags_of(args.command))}\n")
         return 1
     except UnicodeDecodeError as exc:  # input read as text (stdin, a data file) that is not UTF-8
         sys.stderr.write(f"layerskip {args.command}: error: input is not valid UTF-8 ({exc.reason} at byte {exc.start})\n")

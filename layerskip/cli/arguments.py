@@ -14,6 +14,13 @@ import sys
 from dataclasses import fields
 from typing import Any, Mapping, NoReturn, Sequence
 
+from layerskip.checkpoints.loading import DTYPES
+from layerskip.decoding.strategy import NAMES
+from layerskip.drafters.config import DRAFTS
+from layerskip.drafters.length import LENGTH_POLICIES
+from layerskip.kernels.linear import QUANTIZATIONS
+from layerskip.validation import field_types
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error and no usage dump."""
@@ -48,6 +55,18 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         elif isinstance(default, (list, tuple)):
             default = " ".join(str(d) for d in default) or "none"
         return f"{text} (default: {str(default).replace('%', '%%')})".strip()
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Setting name -> the flag of ``parser`` that sets it (its underscore spelling): what library errors'
+    backticked names become at the command line (``layerskip.errors.named_as_flags``)."""
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and "-" not in option[2:]:
+                flags.setdefault(option[2:], option)
+                flags.setdefault(action.dest, option)
+    return flags
 
 
 def subcommand(subparsers: argparse._SubParsersAction, name: str, summary: str, description: str,
@@ -101,9 +120,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add(group, "model", default=None, help="checkpoint directory, .gguf file (llama), name fetched with `layerskip fetch` or Hugging Face hub id "
              "(default: the shipped model)")
     add(group, "device", default="auto", help="auto | cpu | cuda (auto: cuda when available, else cpu)")
-    add(group, "dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    add(group, "dtype", default="auto", choices=["auto", *DTYPES],
         help="auto: bfloat16 where the hardware runs it well, else float32")
-    add(group, "quantize", default="none", choices=["none", "int8"],
+    add(group, "quantize", default="none", choices=QUANTIZATIONS,
         help="int8: weight-only int8 decoder projections (per-output-channel scales; LM head in --dtype)")
     add(group, "compile", type=bool, default=False,
         help="decode through torch.compile'd decoder layers (inductor, frozen weights; layerskip.kernels.compiled): "
@@ -124,7 +143,7 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation")
     add(group, "max_steps", type=int, default=512, help="maximum number of generated tokens")
-    add(group, "generation_strategy", default="autoregressive", choices=["autoregressive", "self_speculative"],
+    add(group, "generation_strategy", default="autoregressive", choices=NAMES,
         help="autoregressive: the full model (or early exit with --exit_layer); self_speculative: draft and verify")
     add(group, "exit_layer", type=int, default=None,
         help="draft exit layer (self_speculative, 1..L-1; default: the model's recommendation) "
@@ -149,10 +168,10 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     add(drafts, "criteria_low", type=float, default=None, help="logits_future: confidence that moves the exit up (default: 0.5)")
     add(drafts, "skip_layers", default=None, help='layer-skip draft: \'{"attn": [..], "mlp": [..]}\' sublayers to skip')
     add(drafts, "layer_skip_proportion", type=float, default=None, help="layer-skip draft: skip each draft layer with this probability")
-    add(drafts, "draft_length", default=None, choices=["fixed", "threshold", "heuristic"],
+    add(drafts, "draft_length", default=None, choices=LENGTH_POLICIES,
         help="fixed k; threshold: stop below a confidence (Draft & Verify, adapted online); heuristic: k+2 / k-1")
     add(drafts, "confidence_threshold", type=float, default=None, help="draft_length threshold: initial gamma (default: 0.6)")
-    add(drafts, "draft", default=None, choices=["model", "prompt_lookup", "prompt_lookup+model"],
+    add(drafts, "draft", default=None, choices=DRAFTS,
         help="who drafts: model (default: early exit, layer skip, ...); prompt_lookup: the tokens that followed the latest "
              "earlier occurrence of the last n tokens (no exit layer needed; --num_speculations default 10 when the model "
              "recommends none); prompt_lookup+model: the lookup when it matches, the model's draft otherwise")
@@ -193,8 +212,9 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type, help: Mappin
     """One flag per field of the dataclass ``config`` (its defaults, ``int``/``float``/``bool``/``str``
     types), named like the field unless ``renamed`` maps it to a flag name; then ``--no_progress``."""
     defaults, renamed = config(), renamed or {}
+    kinds = field_types(config)
     for f in fields(config):
-        kind = {"int": int, "float": float, "bool": bool}.get(str(f.type), str)
+        kind = kinds[f.name].base if kinds[f.name].base in (int, float, bool) else str
         add(parser, renamed.get(f.name, f.name), type=kind, default=getattr(defaults, f.name), choices=choices.get(f.name),
             help=help.get(f.name, f.name.replace("_", " ")))
     add_progress(parser)

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         prefixes = training_prefixes(loaded.tokenizer, args.corpus, args.num_sequences, args.prefix_tokens, args.seed,
                                      args.text_field)
         longest = args.prefix_tokens
-    check_fits(loaded.model, longest, args.new_tokens, batch_size=args.batch_size, steps_flag="--new_tokens")
+    check_fits(loaded.model, longest, args.new_tokens, batch_size=args.batch_size, steps_name="`new_tokens`")
     rows = prefixes.tolist() if not isinstance(prefixes, list) else prefixes
     fingerprint = {"model": model_identity(loaded.path), "prefixes": digest(rows),
                    "new_tokens": args.new_tokens, "batch_size": args.batch_size, "text_field": args.text_field,

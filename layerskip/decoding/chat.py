@@ -18,7 +18,7 @@ def require_chat_template(tokenizer: Any) -> None:
     """One clear line when the tokenizer has no chat template."""
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or "this model"
-        raise LayerskipError(f"the tokenizer of {name} has no chat template; drop --chat / --apply_chat_template")
+        raise LayerskipError(f"the tokenizer of {name} has no chat template; drop `chat` / `apply_chat_template`")
 
 
 def encode_chat(tokenizer: Any, messages: list[Message]) -> list[int]:

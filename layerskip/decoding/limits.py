@@ -36,16 +36,16 @@ def _gib(n: float) -> str:
 
 
 def check_fits(model: LlamaForCausalLM, prompt_tokens: int, max_steps: int, extra_slots: int = 0, batch_size: int = 1,
-               steps_flag: str = "--max_steps") -> None:
+               steps_name: str = "`max_steps`") -> None:
     """One error line unless ``prompt_tokens + max_steps`` positions fit the model and the cache of
     ``prompt_tokens + max_steps + extra_slots`` slots (draft overshoot) fits the free memory;
-    ``steps_flag`` names the flag that sets ``max_steps``."""
+    ``steps_name`` names the setting that sets ``max_steps``."""
     limit = model.config.context_limit
     total = prompt_tokens + max_steps
     if total > limit:
         room = limit - prompt_tokens
-        fits = f"at most {steps_flag} {room} fit" if room > 0 else "shorten the prompt"
-        raise LayerskipError(f"the prompt ({prompt_tokens} tokens) + {steps_flag} {max_steps} = {total} positions exceed "
+        fits = f"at most {steps_name} {room} fit" if room > 0 else "shorten the prompt"
+        raise LayerskipError(f"the prompt ({prompt_tokens} tokens) + {steps_name} {max_steps} = {total} positions exceed "
                              f"the model's {'sliding_window' if limit < model.config.max_position_embeddings else 'max_position_embeddings'} "
                              f"{limit}: {fits}")
     need = kv_cache_bytes(model, total + extra_slots, batch_size)

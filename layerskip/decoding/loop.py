@@ -8,13 +8,14 @@ count and no drafter, it is early-exit inference.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Sequence
 
 import torch
 
 from layerskip.model.cache import KVCache
-from layerskip.drafters.base import DecodeState, Draft, Drafter, DraftReport
+from layerskip.decoding.types import DecodeState, Draft, DraftReport
+from layerskip.drafters.base import Drafter
 from layerskip.decoding.dynamic_exit import dynamic_exit_logits
 from layerskip.errors import LayerskipError
 from layerskip.decoding.exit_criteria import ExitCriterion
@@ -22,7 +23,8 @@ from layerskip.decoding.limits import check_fits
 from layerskip.model.decoder import LlamaForCausalLM
 from layerskip.decoding.sampling import SamplingConfig, process_logits, select
 from layerskip.decoding.stop_words import StopWords
-from layerskip.decoding.verification import Verdict, verify
+from layerskip.decoding.types import Verdict
+from layerskip.decoding.verification import verify
 
 #: called with the new tokens of a round and how many of them were accepted drafts
 TokenCallback = Callable[[list[int], int], None]
@@ -38,7 +40,7 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
-            raise ValueError("max_steps must be >= 1")
+            raise LayerskipError(f"`max_steps` must be >= 1, got {self.max_steps}")
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Decoding:
 
     def __post_init__(self) -> None:
         if self.criterion is not None and self.drafter is not None:
-            raise ValueError("a dynamic exit criterion for the target excludes a drafter (give the criterion to the drafter)")
+            raise LayerskipError("a dynamic exit criterion for the target excludes a drafter (give the criterion to the drafter)")
 
 
 #: full-depth autoregressive decoding
@@ -66,6 +68,13 @@ AUTOREGRESSIVE = Decoding()
 
 @dataclass
 class GenerationStats:
+    """What one generation did and how long it took. Drafter-specific settings and counters are the
+    drafter's own report (``draft``); ``as_dict`` lays everything out flat, the JSON form (``--json``,
+    benchmark records): ``num_speculations``, ``draft_length``, ``draft_vocab``, ``draft_adapter`` and
+    prompt lookup's ``lookup_rounds`` / ``lookup_drafted_tokens`` / ``lookup_accepted_tokens`` (None
+    where they do not apply). ``exit_layer`` is the draft's exit layer, or the depth of early-exit
+    decoding."""
+
     generated_tokens: int = 0
     drafted_tokens: int = 0
     accepted_tokens: int = 0
@@ -74,35 +83,24 @@ class GenerationStats:
     draft_forwards: int = 0
     verify_forwards: int = 0
     exit_layer: int | None = None
-    num_speculations: int | None = None
-    draft_length: str | None = None
-    draft_vocab: int | None = None
-    draft_adapter: str | None = None
     mean_exit_layer: float | None = None
     exit_layer_histogram: dict[int, int] | None = None
-    lookup_rounds: int | None = None
-    lookup_drafted_tokens: int | None = None
-    lookup_accepted_tokens: int | None = None
     stop_reason: str = "max_steps"
     time_to_first_token: float = 0.0
     total_time: float = 0.0
     time_per_token: float = 0.0
     tokens_per_second: float = 0.0
+    draft: DraftReport | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    def add_report(self, report: DraftReport) -> None:
-        """Copy a drafter's report (settings, lookup counts) into these stats."""
-        self.num_speculations = report.num_speculations
-        self.exit_layer = report.exit_layer
-        self.draft_length = report.draft_length
-        self.draft_vocab = report.draft_vocab
-        self.draft_adapter = report.draft_adapter
-        if report.lookup is not None:
-            self.lookup_rounds = report.lookup.rounds
-            self.lookup_drafted_tokens = report.lookup.drafted_tokens
-            self.lookup_accepted_tokens = report.lookup.accepted_tokens
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "draft"}
+        report = self.draft or DraftReport()
+        lookup = report.lookup
+        out.update(num_speculations=report.num_speculations, draft_length=report.draft_length,
+                   draft_vocab=report.draft_vocab, draft_adapter=report.draft_adapter,
+                   lookup_rounds=lookup and lookup.rounds, lookup_drafted_tokens=lookup and lookup.drafted_tokens,
+                   lookup_accepted_tokens=lookup and lookup.accepted_tokens)
+        return out
 
     def add_exits(self, exits: Sequence[int]) -> None:
         """Mean and histogram of per-token exit layers (dynamic exits)."""
@@ -142,7 +140,7 @@ def generate_batch(model: LlamaForCausalLM, prompts: Sequence[Sequence[int]] | t
     """
     rows = prompts.tolist() if isinstance(prompts, torch.Tensor) else [list(p) for p in prompts]
     if not rows or not all(rows):
-        raise ValueError("generate_batch needs at least one prompt and no empty prompt")
+        raise LayerskipError("generate_batch needs at least one prompt and no empty prompt")
     batch, length = len(rows), max(len(r) for r in rows)
     check_fits(model, length, max_steps, batch_size=batch)
     pad = torch.tensor([length - len(r) for r in rows])
@@ -173,13 +171,13 @@ def generate(
     ``decode``: token ids -> text, needed only for ``stop_words``.
     """
     if not prompt_ids:
-        raise ValueError("empty prompt")
+        raise LayerskipError("the prompt is empty (no token ids)")
     drafter, exit_criterion = decoding.drafter, decoding.criterion
     depth = model.num_layers if decoding.depth is None else decoding.depth
     if not 1 <= depth <= model.num_layers:
-        raise ValueError(f"depth {depth} outside 1..{model.num_layers}")
+        raise LayerskipError(f"early-exit depth {depth} outside 1..{model.num_layers}")
     if config.stop_words and decode is None:
-        raise ValueError("stop_words need a decode function")
+        raise LayerskipError("`stop_words` need a decode function (token ids -> text)")
     device = model.device
     generator = None
     if config.sampling.sample:
@@ -204,11 +202,10 @@ def generate(
     logits = model.unembed(hidden[:, -1:])[:, -1].float()
     if not torch.isfinite(logits).all():  # once per generation: a damaged checkpoint is non-finite everywhere
         raise LayerskipError("the model's logits on the prompt are not finite (NaN or inf): its weights are damaged, "
-                             "or its activations overflow this dtype (try --dtype float32)")
+                             "or its activations overflow this dtype (try `dtype` float32)")
     logits = process_logits(logits, config.sampling, [list(prompt_ids)])
     first, _ = select(logits, config.sampling, generator)
     generated = [int(first[0])]
-    cache.commit(len(prompt_ids))
     _synchronize(device)
     stats.time_to_first_token = time.perf_counter() - start_time
     if on_tokens:
@@ -253,7 +250,6 @@ def generate(
         # The pending token is the last new one; every slot before it now holds verified K/V.
         state.slot += len(generated) - before
         state.history.extend(generated[before:])
-        cache.commit(state.slot)
         if on_tokens and len(generated) > before:
             on_tokens(generated[before:], min(verdict.accepted, len(generated) - before))
 
@@ -265,8 +261,8 @@ def generate(
     if stats.verify_forwards:
         stats.mean_tokens_per_verification = (len(generated) - 1) / stats.verify_forwards
     if drafter is not None:
-        report = drafter.report()
-        stats.add_report(report)
+        report = stats.draft = drafter.report()
+        stats.exit_layer = report.exit_layer
         exits = list(report.exit_layers)
     stats.add_exits(exits)
     stats.time_per_token = stats.total_time / len(generated)

@@ -19,11 +19,12 @@ A spec is written ``[hf:]NAME[:key=value,...]`` with keys from ``DraftConfig`` (
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from layerskip.drafters.config import CRITERION_OPTIONS, DraftConfig, build_drafter, load_draft_config, validate
 from layerskip.errors import LayerskipError
+from layerskip.validation import field_types
 from layerskip.decoding.loop import Decoding
 
 ENGINES = ("layerskip", "transformers")
@@ -32,7 +33,7 @@ NAMES = ("autoregressive", "self_speculative")
 SHORT = {"e": "exit_layer", "k": "num_speculations"}
 #: the draft settings that apply to autoregressive decoding (early exit at a depth, dynamic exit)
 AUTOREGRESSIVE_FIELDS = ("exit_layer", "criteria", *CRITERION_OPTIONS)
-_FIELD_TYPES = {f.name: str(f.type) for f in fields(DraftConfig)}
+_FIELD_TYPES = field_types(DraftConfig)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class Strategy:
                 continue
             if key not in _FIELD_TYPES or not sep:
                 raise LayerskipError(f"strategy {text!r}: unknown setting {item!r}")
-            if raw.strip().lower() == "none" and "None" in _FIELD_TYPES[key]:
+            if raw.strip().lower() == "none" and _FIELD_TYPES[key].optional:
                 unset[key] = None  # drop what the defaults set (draft_adapter=none: the plain early exit)
                 continue
             values[key] = _value(key, raw.strip(), text)
@@ -120,15 +121,15 @@ class Strategy:
         draft = self.draft.with_defaults()
         if self.speculative and not draft.is_complete:
             raise LayerskipError(
-                "self_speculative decoding needs --exit_layer and --num_speculations (this model recommends none; "
-                "--draft prompt_lookup needs neither)")
+                "self_speculative decoding needs `exit_layer` and `num_speculations` (this model recommends none; "
+                "`draft` prompt_lookup needs neither)")
         validate(draft, num_layers, self.speculative)
         if self.speculative:
             return
         if draft.skip_attn or draft.skip_mlp or draft.layer_skip_proportion:
-            raise LayerskipError("layer skipping is a draft strategy: use --generation_strategy self_speculative")
+            raise LayerskipError("layer skipping is a draft strategy: use `generation_strategy` self_speculative")
         if draft.draft_adapter is not None or draft.draft_vocab is not None:
-            raise LayerskipError("--draft_adapter and --draft_vocab are draft settings: use --generation_strategy self_speculative")
+            raise LayerskipError("`draft_adapter` and `draft_vocab` are draft settings: use `generation_strategy` self_speculative")
 
     def _validate_transformers(self) -> None:
         if not self.speculative:
@@ -158,9 +159,9 @@ def _value(key: str, raw: str, text: str) -> Any:
     try:
         if key in ("skip_attn", "skip_mlp"):
             return tuple(sorted(int(x) for x in raw.split("+") if x))
-        if "int" in kind:
+        if kind.base is int:
             return int(raw)
-        if "float" in kind:
+        if kind.base is float:
             return float(raw)
         return raw
     except ValueError:

@@ -13,20 +13,10 @@ accepts a prefix of the drafts:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from layerskip.drafters.base import DecodeState, Draft
+from layerskip.decoding.types import DecodeState, Draft, Verdict
 from layerskip.decoding.sampling import SamplingConfig, probabilities, process_logits
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """``tokens``: the accepted drafts followed by one token of the target's; ``accepted``: how many drafts."""
-
-    tokens: list[int]
-    accepted: int
 
 
 def target_logits(state: DecodeState, draft: Draft, depth: int) -> torch.Tensor:

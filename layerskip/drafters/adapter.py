@@ -7,9 +7,12 @@ policies, a frequency-ranked draft vocabulary), plus the adapter between ``h_E``
 The adapter attends over its own one-layer KV cache. Its entries at a slot are computed from that
 slot's exact ``h_E``, so they stay valid once the token is verified; entries of rejected drafts are
 overwritten later, as in the model's cache. Slots whose token never went through a draft pass (the
-prompt, and the last draft of a fully accepted round) are filled at the start of the next round by
-re-running layers ``0..E-1`` on them: the same computation with the same shapes as the pass that
-first wrote them, so the model's cache keeps identical values.
+prompt, the last draft of a fully accepted round, and tokens a prompt-lookup round accepted) are
+filled at the start of the next round by re-running layers ``0..E-1`` on them. That pass has other
+shapes than the one that first wrote the model's cache there (the prompt's prefill, a verification of
+k+1 tokens); where every row is computed the same way whatever the token count (the native and the
+prepacked kernels, float32) it rewrites identical values, elsewhere values that may differ in the
+last bit.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import torch
 from layerskip.model.adapter import DraftAdapter, load_adapter, read_adapter_config
 from layerskip.model.cache import KVCache
 from layerskip.drafters.length import LengthPolicy
-from layerskip.drafters.base import DecodeState, Draft, DraftReport, EarlyExitDrafter
+from layerskip.decoding.types import DecodeState, Draft, DraftReport
+from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.errors import LayerskipError
 from layerskip.kernels.linear import prepare_layer
 from layerskip.model.decoder import LlamaForCausalLM

@@ -15,13 +15,15 @@ from typing import Any
 from layerskip.model.adapter import read_adapter_config
 from layerskip.drafters.adapter import AdapterDrafter
 from layerskip.drafters.length import LENGTH_POLICIES, make_length_policy
-from layerskip.drafters.base import Drafter, EarlyExitDrafter
+from layerskip.drafters.base import Drafter
+from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.errors import LayerskipError, read_json_object
 from layerskip.decoding.exit_criteria import ExitCriterion, make_criterion
 from layerskip.drafters.layerwise import LayerwiseDrafter
 from layerskip.model.decoder import SkipSet
 from layerskip.validation import as_int, check_fields
 from layerskip.drafters.prompt_lookup import LookupOrModelDrafter, PromptLookupDrafter
+from layerskip.model.config import check_exit_layer
 
 CRITERION_OPTIONS = ("threshold", "patience", "temperature", "high", "low")
 #: who drafts: the model itself, prompt lookup alone, or the lookup when it matches and the model otherwise
@@ -141,7 +143,7 @@ class DraftConfig:
         return replace(base, **values)
 
 
-def parse_skip_layers(value: Any, source: str = "--skip_layers") -> dict[str, tuple[int, ...]]:
+def parse_skip_layers(value: Any, source: str = "`skip_layers`") -> dict[str, tuple[int, ...]]:
     """``'{"attn": [..], "mlp": [..]}'`` (a JSON string or a dict) -> skip_attn/skip_mlp."""
     if isinstance(value, str):
         try:
@@ -157,52 +159,51 @@ def parse_skip_layers(value: Any, source: str = "--skip_layers") -> dict[str, tu
 
 
 def load_draft_config(path: str) -> DraftConfig:
-    raw = read_json_object(path, f"--draft_config {path}", f"--draft_config {path}: no such file")
-    return DraftConfig.from_dict(raw.get("draft", raw), f"--draft_config {path}")
+    raw = read_json_object(path, f"`draft_config` {path}", f"`draft_config` {path}: no such file")
+    return DraftConfig.from_dict(raw.get("draft", raw), f"`draft_config` {path}")
 
 
 def validate(config: DraftConfig, num_layers: int, speculative: bool) -> None:
-    """Range checks with messages that name the flag."""
+    """Range checks, each one error naming the setting."""
     deepest = num_layers - 1 if speculative and config.is_plain else num_layers
-    if config.exit_layer is not None and not 1 <= config.exit_layer <= deepest:
-        raise LayerskipError(f"--exit_layer {config.exit_layer} outside 1..{deepest} for this {num_layers}-layer model")
+    if config.exit_layer is not None:
+        check_exit_layer(config.exit_layer, num_layers, deepest=deepest)
     if speculative and (config.num_speculations is None or config.num_speculations < 1):
-        raise LayerskipError(f"--num_speculations must be >= 1, got {config.num_speculations}")
+        raise LayerskipError(f"`num_speculations` must be >= 1, got {config.num_speculations}")
     for kind in ("attn", "mlp"):
         bad = [l for l in getattr(config, f"skip_{kind}") if not 0 <= l < num_layers]
         if bad:
-            raise LayerskipError(f"--skip_layers {kind} {bad} outside 0..{num_layers - 1}")
+            raise LayerskipError(f"`skip_layers` {kind} {bad} outside 0..{num_layers - 1}")
     if not 0 <= config.layer_skip_proportion < 1:
-        raise LayerskipError("--layer_skip_proportion must be in [0, 1)")
+        raise LayerskipError("`layer_skip_proportion` must be in [0, 1)")
     if config.draft_length not in LENGTH_POLICIES:
-        raise LayerskipError(f"--draft_length must be one of {', '.join(LENGTH_POLICIES)}")
+        raise LayerskipError(f"`draft_length` must be one of {', '.join(LENGTH_POLICIES)}")
     if config.criteria:
         config.criterion()  # unknown names / options raise here
     if config.draft_adapter is not None:
         if not config.is_plain:
-            raise LayerskipError("--draft_adapter drafts at the adapter's exit layer: it excludes --criteria and layer skipping")
+            raise LayerskipError("`draft_adapter` drafts at the adapter's exit layer: it excludes `criteria` and layer skipping")
         trained_at = read_adapter_config(config.draft_adapter).exit_layer
         if config.exit_layer is not None and config.exit_layer != trained_at:
-            raise LayerskipError(f"--exit_layer {config.exit_layer} differs from the draft adapter's exit layer {trained_at}")
-        if not 1 <= trained_at < num_layers:
-            raise LayerskipError(f"--draft_adapter {config.draft_adapter}: exit layer {trained_at} outside 1..{num_layers - 1}")
+            raise LayerskipError(f"`exit_layer` {config.exit_layer} differs from the draft adapter's exit layer {trained_at}")
+        check_exit_layer(trained_at, num_layers, f"`draft_adapter` {config.draft_adapter}: exit layer")
     if config.draft_vocab is not None and (config.draft_vocab < 1 or not config.is_plain):
-        raise LayerskipError("--draft_vocab must be >= 1 and applies to a fixed exit layer or a draft adapter")
+        raise LayerskipError("`draft_vocab` must be >= 1 and applies to a fixed exit layer or a draft adapter")
     if config.draft not in DRAFTS:
-        raise LayerskipError(f"--draft must be one of {', '.join(DRAFTS)}, got {config.draft!r}")
+        raise LayerskipError(f"`draft` must be one of {', '.join(DRAFTS)}, got {config.draft!r}")
     if config.draft != "model" and not speculative:
-        raise LayerskipError(f"--draft {config.draft} is a draft strategy: use --generation_strategy self_speculative")
+        raise LayerskipError(f"`draft` {config.draft} is a draft strategy: use `generation_strategy` self_speculative")
     low, high = config.prompt_lookup_min_ngram, config.prompt_lookup_max_ngram
     if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high):
-        raise LayerskipError(f"--prompt_lookup_min_ngram {low} and --prompt_lookup_max_ngram {high}: need 1 <= min <= max")
+        raise LayerskipError(f"`prompt_lookup_min_ngram` {low} and `prompt_lookup_max_ngram` {high}: need 1 <= min <= max")
     lookup_k = config.prompt_lookup_num_tokens
     if lookup_k is not None and (isinstance(lookup_k, bool) or not isinstance(lookup_k, int) or lookup_k < 1 or config.draft == "model"):
-        raise LayerskipError(f"--prompt_lookup_num_tokens {lookup_k}: needs an integer >= 1 and --draft prompt_lookup or prompt_lookup+model")
+        raise LayerskipError(f"`prompt_lookup_num_tokens` {lookup_k}: needs an integer >= 1 and `draft` prompt_lookup or prompt_lookup+model")
     factor = config.prompt_lookup_factor
     if factor is not None and (isinstance(factor, bool) or not factor > 0 or config.draft == "model"):
-        raise LayerskipError(f"--prompt_lookup_factor {factor}: needs a number > 0 and --draft prompt_lookup or prompt_lookup+model")
+        raise LayerskipError(f"`prompt_lookup_factor` {factor}: needs a number > 0 and `draft` prompt_lookup or prompt_lookup+model")
     if config.draft == "prompt_lookup" and (config.draft_adapter is not None or config.draft_vocab is not None):
-        raise LayerskipError("--draft prompt_lookup drafts without the model: --draft_adapter and --draft_vocab need --draft model or prompt_lookup+model")
+        raise LayerskipError("`draft` prompt_lookup drafts without the model: `draft_adapter` and `draft_vocab` need `draft` model or prompt_lookup+model")
 
 
 def build_drafter(config: DraftConfig, num_layers: int, seed: int = 0) -> Drafter:
@@ -220,7 +221,7 @@ def build_drafter(config: DraftConfig, num_layers: int, seed: int = 0) -> Drafte
         return AdapterDrafter(config.draft_adapter, k, length, config.draft_vocab)
     if config.is_plain:
         if config.exit_layer is None:
-            raise LayerskipError("self_speculative decoding needs --exit_layer")
+            raise LayerskipError("self_speculative decoding needs `exit_layer`")
         return EarlyExitDrafter(config.exit_layer, k, length, config.draft_vocab)
     max_exit = config.exit_layer or (num_layers if (config.skip_attn or config.skip_mlp or config.layer_skip_proportion) and not config.criteria else num_layers - 1)
     return LayerwiseDrafter(max_exit, k, config.criterion(seed), SkipSet(frozenset(config.skip_attn), frozenset(config.skip_mlp)),

@@ -63,7 +63,7 @@ def load_ranking(directories: Iterable[Path | None]) -> torch.Tensor:
             return ids
     where = ", ".join(str(d) for d in searched) or "no directory"
     raise LayerskipError(
-        f"--draft_vocab needs a frequency ranking ({RANKING_FILE}) beside the checkpoint or draft adapter; "
+        f"`draft_vocab` needs a frequency ranking ({RANKING_FILE}) beside the checkpoint or draft adapter; "
         f"none in {where} (layerskip train-adapter writes one)"
     )
 
@@ -97,9 +97,9 @@ class DraftHead:
 def draft_subset(ranking: torch.Tensor, size: int, always: Iterable[int], vocab_size: int) -> torch.Tensor:
     """The ``size`` most frequent ids of ``ranking`` plus the ``always`` ids (stop tokens), sorted."""
     if size < 1:
-        raise LayerskipError(f"--draft_vocab must be >= 1, got {size}")
+        raise LayerskipError(f"`draft_vocab` must be >= 1, got {size}")
     if size >= vocab_size:
-        raise LayerskipError(f"--draft_vocab {size} is not below the vocabulary size {vocab_size}")
+        raise LayerskipError(f"`draft_vocab` {size} is not below the vocabulary size {vocab_size}")
     chosen = set(ranking[:size].tolist()) | {i for i in always if 0 <= i < vocab_size}
     if any(not 0 <= i < vocab_size for i in chosen):
         raise LayerskipError(f"draft vocabulary ranking holds ids outside 0..{vocab_size - 1}")

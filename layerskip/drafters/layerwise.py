@@ -19,7 +19,8 @@ import random
 import torch
 
 from layerskip.drafters.length import FixedLength, LengthPolicy
-from layerskip.drafters.base import DecodeState, Draft, Drafter, DraftReport, DraftRound
+from layerskip.decoding.types import DecodeState, Draft, DraftReport
+from layerskip.drafters.base import Drafter, DraftRound
 from layerskip.decoding.dynamic_exit import walk_layers
 from layerskip.decoding.exit_criteria import ExitCriterion
 from layerskip.model.decoder import NO_SKIP, SkipSet

@@ -30,7 +30,9 @@ from dataclasses import replace
 
 import torch
 
-from layerskip.drafters.base import DecodeState, Draft, Drafter, DraftReport, LookupCounts
+from layerskip.decoding.types import DecodeState, Draft, DraftReport, LookupCounts
+
+from layerskip.drafters.base import Drafter
 from layerskip.decoding.sampling import banned_ngram_tokens
 
 

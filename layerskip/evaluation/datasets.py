@@ -91,12 +91,12 @@ def check_template(template: str) -> None:
     try:
         names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
-        raise LayerskipError(f"--template: {exc} (write {{{{ and }}}} for literal braces)") from None
+        raise LayerskipError(f"`template`: {exc} (write {{{{ and }}}} for literal braces)") from None
     if names != {"message"}:
         unknown = sorted(names - {"message"})
-        raise LayerskipError(f"--template: unknown field(s) {', '.join('{' + n + '}' for n in unknown)} "
+        raise LayerskipError(f"`template`: unknown field(s) {', '.join('{' + n + '}' for n in unknown)} "
                              "(only {message}; write {{ and }} for literal braces)" if unknown else
-                             "--template must contain {message}")
+                             "`template` must contain {message}")
 
 
 def check_unique_ids(samples: list[Sample], dataset: str) -> None:
@@ -124,7 +124,7 @@ def _local_split(data_path: Path, split: str, fields: tuple[str, ...]) -> list[d
         return [dict(r) for r in loaded]
     if split == "test":
         raise LayerskipError(
-            f"--data_path {data_path}: expected a JSONL file, a directory with test.jsonl (and train.jsonl), "
+            f"`data_path` {data_path}: expected a JSONL file, a directory with test.jsonl (and train.jsonl), "
             "or a directory written by datasets' save_to_disk"
         )
     return None
@@ -141,7 +141,7 @@ def _hub_split(source: HubSource, split: str, dataset: str) -> list[dict]:
             f"cannot load {source.path} ({split} split) for {dataset} from the hub or the local cache "
             f"({type(exc).__name__}). Where the hub is reachable, save it with "
             f"datasets.load_dataset({source.path!r}{', ' + repr(source.name) if source.name else ''}).save_to_disk(DIR), "
-            f"or write test.jsonl/train.jsonl with the fields {fields}, and pass --data_path DIR"
+            f"or write test.jsonl/train.jsonl with the fields {fields}, and pass `data_path` DIR"
         ) from None
     return [dict(r) for r in loaded]
 
@@ -181,18 +181,18 @@ def load_samples(
     if dataset not in DATASETS:
         raise LayerskipError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)})")
     if n_shot < 0:
-        raise LayerskipError("--n_shot must be >= 0")
+        raise LayerskipError("`n_shot` must be >= 0")
     if template is not None:
         check_template(template)
     local = Path(data_path).expanduser() if data_path else None
     if local is not None and not local.exists():
-        raise LayerskipError(f"--data_path {data_path}: no such file or directory")
+        raise LayerskipError(f"`data_path` {data_path}: no such file or directory")
     if dataset == "human_eval":
         samples, shots = _human_eval()
         shots = samples
     elif dataset == "custom_jsonl":
         if local is None:
-            raise LayerskipError("custom_jsonl needs --data_path FILE.jsonl")
+            raise LayerskipError("custom_jsonl needs `data_path` FILE.jsonl")
         fields = (prompt_field, response_field)
         records = _local_split(local, "test", fields) or []
         fmt = lambda r: (str(r[prompt_field]), str(r[response_field]))  # noqa: E731

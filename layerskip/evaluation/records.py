@@ -14,6 +14,7 @@ import torch
 
 from layerskip.errors import LayerskipError
 from layerskip.files.jsonl import read_records
+from layerskip.kernels.policy import probe
 
 
 class SampleLog:
@@ -39,16 +40,6 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
     os.replace(tmp, path)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _git(*args: str) -> str | None:
@@ -82,7 +73,8 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         "packages": packages,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
-        "cpu": _cpu_name(),
+        "cpu": probe().cpu_model,
+        "cpu_flags": sorted(f for f in probe().cpu_flags if f.startswith(("avx", "amx"))),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         **_git_state(),
@@ -145,19 +137,19 @@ def _resumed_paths(resume: str, command: str, fingerprint: dict[str, Any] | None
         runs = sorted((p for p in target.glob(f"{command}_*.json") if _run_document(p, command) is not None),
                       key=lambda p: p.stat().st_mtime)
         if not runs:
-            raise LayerskipError(f"--resume {resume}: no {command} run to resume there")
+            raise LayerskipError(f"`resume` {resume}: no {command} run to resume there")
         target = runs[-1]
     elif not target.exists():
-        raise LayerskipError(f"--resume {resume}: no such file")
+        raise LayerskipError(f"`resume` {resume}: no such file")
     name = target.name
     json_path = target.with_name(name.removesuffix("_samples.jsonl") + ".json") if name.endswith("_samples.jsonl") else target
     samples = json_path.with_name(json_path.stem + "_samples.jsonl")
     doc = _run_document(json_path, command)
     if doc is None or json_path.suffix != ".json":
-        raise LayerskipError(f"--resume {resume}: not a run written by layerskip {command} (no {RUN_FORMAT} document "
+        raise LayerskipError(f"`resume` {resume}: not a run written by layerskip {command} (no {RUN_FORMAT} document "
                              f"{json_path.name}); it is left untouched")
     if normalized(doc.get("fingerprint")) != normalized(fingerprint):
-        raise LayerskipError(f"--resume {resume}: that run had other settings ({differences(doc.get('fingerprint') or {}, fingerprint or {})}); "
+        raise LayerskipError(f"`resume` {resume}: that run had other settings ({differences(doc.get('fingerprint') or {}, fingerprint or {})}); "
                              "resume it with its own settings, or start a new run")
     return json_path, samples
 

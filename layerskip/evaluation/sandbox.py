@@ -92,7 +92,7 @@ def require_sandbox() -> None:
     """One error line when model-written code cannot be confined here."""
     missing = missing_mechanism()
     if missing:
-        raise LayerskipError(f"--allow_code_execution: refusing to run model-written code unconfined; the sandbox needs {missing}")
+        raise LayerskipError(f"`allow_code_execution`: refusing to run model-written code unconfined; the sandbox needs {missing}")
 
 
 def _tail(path: Path, limit: int = 4096) -> str:
@@ -132,6 +132,6 @@ def run_sandboxed(source: str, timeout: float) -> SandboxResult:
         lines = _tail(stdout).splitlines()
         error = _tail(stderr).strip()
     if proc.returncode == SETUP_FAILED and error.startswith("sandbox:"):
-        raise LayerskipError(f"--allow_code_execution: {error.splitlines()[-1]}")
+        raise LayerskipError(f"`allow_code_execution`: {error.splitlines()[-1]}")
     completed = not timed_out and proc.returncode == 0 and bool(lines) and lines[-1] == token
     return SandboxResult(completed, timed_out, None if timed_out else proc.returncode, error)

@@ -25,7 +25,7 @@ property of the compiled model against itself, checked like the eager one's.
 
 from __future__ import annotations
 
-import importlib.util
+import inspect
 import weakref
 
 import torch
@@ -33,23 +33,26 @@ import torch
 from layerskip.model.cache import KVCache
 from layerskip.errors import LayerskipError
 from layerskip.model.decoder import LlamaForCausalLM
-from layerskip.kernels.native import cpu_compiler_problem
+from layerskip.files.storage import status
+from layerskip.kernels.policy import compile_problem
 
 
-def compiler_problem(device: torch.device) -> str | None:
-    """Why ``torch.compile`` cannot build kernels for ``device`` here (None: it can)."""
-    if device.type == "cuda":
-        return None if importlib.util.find_spec("triton") else "torch.compile on CUDA needs triton (pip install triton)"
-    if cpu_compiler_problem():
-        return "torch.compile on a CPU needs a C++ compiler (g++ or clang++; apt-get install g++)"
-    return None
+def skips_guards() -> bool:
+    """Whether this torch lets a call skip the guards that do not tell its cached graphs apart
+    (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``, torch 2.6+; a private knob, so it is
+    feature-tested, not assumed): without it every compiled call checks every guard (~0.6 ms a step)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    try:
+        return set_stance is not None and "skip_guard_eval_unsafe" in inspect.signature(set_stance).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def require_compiler(device: torch.device) -> None:
-    """One error line when ``torch.compile`` cannot build kernels for ``device`` (``compiler_problem``)."""
-    problem = compiler_problem(device)
+    """One error line when ``torch.compile`` cannot build kernels for ``device`` (``policy.compile_problem``)."""
+    problem = compile_problem(device)
     if problem:
-        raise LayerskipError(f"--compile: {problem}")
+        raise LayerskipError(f"`compile`: {problem}")
 
 
 def compile_layers(model: LlamaForCausalLM) -> LlamaForCausalLM:
@@ -67,6 +70,7 @@ def compile_layers(model: LlamaForCausalLM) -> LlamaForCausalLM:
     # per cache: the one-token calls (layer range, grad mode) that already ran with every guard checked;
     # None once dynamo refused to pick a graph from the differentiating guards alone on this cache
     checked: weakref.WeakKeyDictionary[KVCache, set[tuple[int, int, bool, bool]] | None] = weakref.WeakKeyDictionary()
+    skipping = skips_guards()
 
     def layers(hidden: torch.Tensor, first: int, last: int, cache: KVCache, slots: torch.Tensor, cos: torch.Tensor,
                sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -76,7 +80,7 @@ def compile_layers(model: LlamaForCausalLM) -> LlamaForCausalLM:
         if cache not in checked:
             for buffer in (*cache.keys, *cache.values):
                 torch._dynamo.maybe_mark_dynamic(buffer, 2)
-            checked[cache] = set()
+            checked[cache] = set() if skipping else None
         one = hidden.shape[1] == 1
         dims = ((mask, 3),) if one else ((hidden, 1), (slots, 0), (cos, 1), (sin, 1), (mask, 2), (mask, 3))
         for tensor, dim in dims:
@@ -103,5 +107,8 @@ def compile_layers(model: LlamaForCausalLM) -> LlamaForCausalLM:
             trusted.add(kind)
         return out
 
+    if not skips_guards():
+        status("layerskip: this torch cannot skip re-checking guards of compiled calls: every step checks "
+               "all of them (~0.6 ms)")
     model.compiled_layers = layers
     return model

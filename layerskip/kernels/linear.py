@@ -9,7 +9,7 @@ its checkpoint is read (parameter names on disk and the unfused training model a
 - ``quantize="int8"``: every decoder projection stores int8 weights with one float scale per output
   channel (symmetric absmax, ``w ≈ q * scale``); the LM head and embedding stay in the model dtype.
 
-Kernel choice (``make_linear``, kernel ``auto``; measured in BENCHMARKS.md, "Engine speed"):
+Kernels (chosen per weight by ``layerskip.kernels.policy.linear_kernel``; measured in BENCHMARKS.md, "Engine speed"):
 
 - ``streamed`` (``StreamedLinear``): bfloat16 weights on a CPU with AVX-512 BF16, through layerskip's
   own kernel (``layerskip/kernels/csrc/bf16_stream.cpp``, built on first use by ``layerskip.kernels.native``). It
@@ -37,13 +37,10 @@ from torch import nn
 
 from layerskip.errors import LayerskipError
 from layerskip.model.fingerprint import base_fingerprint
-from layerskip.kernels.native import cpu_kernels
 from layerskip.kernels.blocks import AttentionBlock, MLPBlock
+from layerskip.kernels.policy import NATIVE_ATTENTION_QUERIES, check_kernel, decoder_blocks, linear_kernel, native_attention
 
 QUANTIZATIONS = ("none", "int8")
-KERNELS = ("auto", "streamed", "packed", "dense")
-#: query tokens up to which attention over a KV cache runs the native kernel (decoding, verification)
-NATIVE_ATTENTION_QUERIES = 16
 
 
 class Int8Linear(nn.Module):
@@ -75,33 +72,10 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels on this CPU (AVX-512 BF16 or AMX): the one test for
-    both packing bf16 weights and choosing bf16 (``layerskip.checkpoints.loading.resolve_dtype``)."""
-    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def packs(weight: torch.Tensor) -> bool:
-    """Whether ``weight`` gets the oneDNN prepacked kernel: float32 on a CPU with oneDNN, or bfloat16
-    where oneDNN has native bf16 kernels (AVX-512 BF16 or AMX; it refuses to pack bf16 elsewhere)."""
-    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return False
-    if weight.dtype == torch.float32:
-        return True
-    return weight.dtype == torch.bfloat16 and cpu_has_native_bf16()
-
-
 def keep(module: nn.Module, weight: torch.Tensor) -> None:
     """Give a packed kernel ``module`` its source ``weight`` as a parameter too (the LM head's: the
     embedding table and the draft heads' rows)."""
     module.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
-
-
-def streams(weight: torch.Tensor) -> bool:
-    """Whether ``weight`` gets the weight-streaming kernel: bfloat16 on a CPU where it is built
-    (``layerskip.kernels.native``), with an even input width."""
-    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and weight.shape[1] % 2 == 0
-            and cpu_kernels())
 
 
 class StreamedLinear(nn.Module):
@@ -146,24 +120,14 @@ class PackedLinear(nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
-def choose_kernel(weight: torch.Tensor, kernel: str = "auto") -> str:
-    """The kernel ``make_linear`` gives ``weight`` (module docstring): ``auto`` is the fastest that
-    applies; ``streamed`` or ``packed`` where it does not apply falls back the same way."""
-    if kernel == "dense":
-        return "dense"
-    if kernel in ("auto", "streamed") and streams(weight):
-        return "streamed"
-    return "packed" if packs(weight) else "dense"
-
-
 def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, quantize: str = "none", kernel: str = "auto",
-                keep_weight: bool = False) -> nn.Module:
-    """The inference module for one weight ``[out, in]``: ``Int8Linear`` or the kernel ``choose_kernel``
-    picks (``StreamedLinear``, ``PackedLinear`` or ``nn.Linear``; ``keep_weight``: the packed kernels
-    also keep the weight as a parameter)."""
+                keep_weight: bool = False, for_compile: bool = False) -> nn.Module:
+    """The inference module for one weight ``[out, in]``: ``Int8Linear`` or the kernel the policy picks
+    (``layerskip.kernels.policy.linear_kernel``: ``StreamedLinear``, ``PackedLinear`` or ``nn.Linear``;
+    ``keep_weight``: the packed kernels also keep the weight as a parameter)."""
     if quantize == "int8":
         return Int8Linear(weight, bias)
-    chosen = choose_kernel(weight, kernel)
+    chosen = linear_kernel(weight, kernel, for_compile)
     if chosen == "streamed":
         return StreamedLinear(weight, bias, keep_weight)
     if chosen == "packed":
@@ -183,7 +147,7 @@ class FusedLinear(nn.Module):
     """
 
     def __init__(self, parts: Sequence[nn.Linear], quantize: str = "none", kernel: str = "auto",
-                 groups: Sequence[int] | None = None) -> None:
+                 groups: Sequence[int] | None = None, for_compile: bool = False) -> None:
         super().__init__()
         counts = list(groups or [1] * len(parts))
         if sum(counts) != len(parts):
@@ -193,7 +157,7 @@ class FusedLinear(nn.Module):
         weight = torch.cat([p.weight for p in parts])
         biases = [p.bias for p in parts]
         bias = None if biases[0] is None else torch.cat(biases)  # type: ignore[arg-type]
-        self.inner = make_linear(weight, bias, quantize, kernel)
+        self.inner = make_linear(weight, bias, quantize, kernel, for_compile=for_compile)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.inner(x).split(self.sizes, dim=-1)
@@ -201,64 +165,64 @@ class FusedLinear(nn.Module):
 
 def check_quantize(name: str) -> str:
     if name not in QUANTIZATIONS:
-        raise LayerskipError(f"unknown --quantize {name!r} (use {' or '.join(QUANTIZATIONS)})")
+        raise LayerskipError(f"unknown `quantize` {name!r} (use {' or '.join(QUANTIZATIONS)})")
     return name
 
 
-def prepare_layer(layer: nn.Module, quantize: str = "none", kernel: str = "auto") -> None:
+def prepare_layer(layer: nn.Module, quantize: str = "none", kernel: str = "auto", for_compile: bool = False) -> None:
     """Fuse q/k/v (and gate/up, if the layer has an MLP) of one ``DecoderLayer`` and give every
-    projection the kernel ``make_linear`` picks (in place; inference only)."""
+    projection the kernel the policy picks for it (in place; inference only)."""
     attn = layer.self_attn
-    attn.qkv_proj = FusedLinear([attn.q_proj, attn.k_proj, attn.v_proj], quantize, kernel, groups=(2, 1))
+    attn.qkv_proj = FusedLinear([attn.q_proj, attn.k_proj, attn.v_proj], quantize, kernel, (2, 1), for_compile)
     del attn.q_proj, attn.k_proj, attn.v_proj
-    attn.o_proj = make_linear(attn.o_proj.weight, attn.o_proj.bias, quantize, kernel)
+    attn.o_proj = make_linear(attn.o_proj.weight, attn.o_proj.bias, quantize, kernel, for_compile=for_compile)
     if hasattr(layer, "mlp"):
         mlp = layer.mlp
-        mlp.gate_up_proj = FusedLinear([mlp.gate_proj, mlp.up_proj], quantize, kernel)
+        mlp.gate_up_proj = FusedLinear([mlp.gate_proj, mlp.up_proj], quantize, kernel, for_compile=for_compile)
         del mlp.gate_proj, mlp.up_proj
-        mlp.down_proj = make_linear(mlp.down_proj.weight, mlp.down_proj.bias, quantize, kernel)
+        mlp.down_proj = make_linear(mlp.down_proj.weight, mlp.down_proj.bias, quantize, kernel, for_compile=for_compile)
 
 
-def attach_blocks(layer: nn.Module) -> None:
+def kernel_name(module: nn.Module) -> str:
+    """The kernel a prepared projection runs (``streamed``, ``packed``, ``dense`` or ``int8``)."""
+    inner = module.inner if isinstance(module, FusedLinear) else module
+    names = {StreamedLinear: "streamed", PackedLinear: "packed", Int8Linear: "int8"}
+    return names.get(type(inner), "dense")
+
+
+def attach_blocks(layer: nn.Module, for_compile: bool = False) -> None:
     """Give a prepared ``DecoderLayer`` (``prepare_layer``) each sublayer as one native call
-    (``layerskip.kernels.blocks``) where its attention runs natively and all its projections stream bf16
-    weights (in place)."""
+    (``layerskip.kernels.blocks``) where the policy says so (``decoder_blocks``; in place)."""
     attn = layer.self_attn
-    if attn.native_queries > 0 and isinstance(attn.qkv_proj.inner, StreamedLinear) and isinstance(attn.o_proj, StreamedLinear):
+    native = attn.native_queries > 0
+    if decoder_blocks(native, [kernel_name(attn.qkv_proj), kernel_name(attn.o_proj)], for_compile):
         layer.attn_block = AttentionBlock(layer.input_layernorm, attn)
         mlp = getattr(layer, "mlp", None)
-        if mlp is not None and isinstance(mlp.gate_up_proj.inner, StreamedLinear) and isinstance(mlp.down_proj, StreamedLinear):
+        if mlp is not None and decoder_blocks(native, [kernel_name(mlp.gate_up_proj), kernel_name(mlp.down_proj)], for_compile):
             layer.mlp_block = MLPBlock(layer.post_attention_layernorm, mlp)
 
 
 def prepare_for_inference(model: nn.Module, quantize: str = "none", kernel: str = "auto",
                           for_compile: bool = False) -> nn.Module:
     """Prepare every decoder layer of a ``LlamaForCausalLM`` (``prepare_layer``: fused projections,
-    optionally int8, the kernel ``make_linear`` picks) and give the LM head its kernel too (in place;
-    returns the model). ``kernel``: ``auto`` or one kernel everywhere it applies (module docstring).
-    With ``auto`` on a CPU where ``layerskip.kernels.native`` is built, attention of up to
-    ``NATIVE_ATTENTION_QUERIES`` tokens over a KV cache runs its native kernel too.
-    ``for_compile``: the decoder layers get no oneDNN-prepacked weights, which ``torch.compile`` cannot
-    trace (``layerskip.kernels.compiled`` prepacks dense ones itself; the streamed kernel is a traceable op).
-    Inference only: the prepared model's parameter names differ from the checkpoint's, so train and
-    save the unprepared model."""
+    optionally int8, the kernel the policy picks per weight), attention of up to
+    ``NATIVE_ATTENTION_QUERIES`` tokens over a KV cache on the native kernel and sublayers as one
+    native call where the policy says so, and the LM head's kernel (in place; returns the model).
+    ``kernel``: ``auto`` or one kernel everywhere it applies (``layerskip.kernels.policy``).
+    ``for_compile``: no oneDNN-prepacked weights, which ``torch.compile`` cannot trace
+    (``layerskip.kernels.compiled`` prepacks dense ones itself; the streamed kernel is a traceable op),
+    and no one-call sublayers. Inference only: the prepared model's parameter names differ from the
+    checkpoint's, so train and save the unprepared model."""
     check_quantize(quantize)
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r} (use {', '.join(KERNELS)})")
+    check_kernel(kernel)
     base_fingerprint(model)  # of the checkpoint's own weights, cached before they are fused or quantized
-    head_dim = model.config.head_dim
-    native_attention = (kernel == "auto" and model.device.type == "cpu" and head_dim % 16 == 0 and head_dim <= 128
-                        and cpu_kernels())
+    attention = native_attention(model.device, model.config.head_dim, kernel)
     with torch.no_grad():
         for layer in model.model.layers:
-            layer.self_attn.native_queries = NATIVE_ATTENTION_QUERIES if native_attention else 0
-            chosen = kernel
-            if for_compile and choose_kernel(layer.self_attn.o_proj.weight, kernel) == "packed":
-                chosen = "dense"
-            prepare_layer(layer, quantize, chosen)
-            if native_attention and not for_compile:
-                attach_blocks(layer)
+            layer.self_attn.native_queries = NATIVE_ATTENTION_QUERIES if attention else 0
+            prepare_layer(layer, quantize, kernel, for_compile)
+            attach_blocks(layer, for_compile)
         head = model.lm_head
-        if choose_kernel(head.weight, kernel) != "dense":
+        if linear_kernel(head.weight, kernel) != "dense":
             model.lm_head = make_linear(head.weight, head.bias, kernel=kernel, keep_weight=True)
     return model

@@ -1,6 +1,8 @@
 """Native CPU kernels of layerskip, built from ``layerskip/kernels/csrc`` once per machine and loaded on first use.
 
-``cpu_kernels()`` loads (building them the first time) the ops of ``csrc/``, for CPUs with AVX-512 BF16:
+``load(current_build(flags))`` loads (building them the first time) the ops of ``csrc/``, written for CPUs
+with AVX-512 BF16; whether they are used here is decided by ``layerskip.kernels.policy``
+(``native_kernels()``), which asks this module:
 
 - ``torch.ops.layerskip.pack_bf16`` / ``bf16_linear`` (``bf16_stream.cpp``): the weight-streaming bf16
   matrix products of ``layerskip.kernels.linear.StreamedLinear``;
@@ -24,8 +26,6 @@ The build, and why it cannot hang or collide:
 - A build that fails, times out or is still locked after the wait is one stderr line saying why and
   which kernels run instead, and the process goes on with PyTorch's (oneDNN's linear, SDPA).
 
-``cpu_kernels_problem()`` says why the kernels are not available (None: loaded). ``LAYERSKIP_NATIVE=0``
-turns them off (for side-by-side measurements and to rule them out).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import functools
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -76,39 +75,6 @@ def cpu_compiler() -> str | None:
     return None
 
 
-def cpu_compiler_problem() -> str | None:
-    """Why no C++ compiler is found for kernels built on a CPU (None: one is)."""
-    return None if cpu_compiler() else "no C++ compiler (g++ or clang++; apt-get install g++)"
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_model() -> str:
-    """The CPU's model name as Linux reports it (else ``platform.processor()``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_supported() -> bool:
-    """Whether the kernels' instruction set (AVX-512 BF16 and BW, x86-64) is on this CPU."""
-    return platform.machine().lower() in ("x86_64", "amd64") and {"avx512_bf16", "avx512bw"} <= cpu_flags()
-
-
 def source_digest() -> str:
     """A digest of every file of ``csrc/`` (``cpp_extension`` hashes only the sources it compiles)."""
     digest = hashlib.sha256()
@@ -143,7 +109,7 @@ class Build:
         return self.directory.with_name(self.directory.name + ".lock")
 
 
-def build_key(compiler: str) -> str:
+def build_key(compiler: str, cpu_flags: frozenset[str]) -> str:
     """The digest of everything that determines the built binary (module docstring)."""
     parts = {
         "sources": source_digest(),
@@ -154,7 +120,7 @@ def build_key(compiler: str) -> str:
         "compiler": compiler_version(compiler) or compiler,
         "cflags": CFLAGS,
         "ldflags": LDFLAGS,
-        "cpu": sorted(cpu_flags()),
+        "cpu": sorted(cpu_flags),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -164,9 +130,9 @@ def kernels_root() -> Path:
     return Path(os.environ.get("LAYERSKIP_KERNELS") or layerskip_home() / "kernels").expanduser()
 
 
-def current_build() -> Build:
-    """The build directory of this machine's kernels (built or not)."""
-    key = build_key(cpu_compiler() or "c++")
+def current_build(cpu_flags: frozenset[str]) -> Build:
+    """The build directory of the kernels for a CPU with ``cpu_flags`` (built or not)."""
+    key = build_key(cpu_compiler() or "c++", cpu_flags)
     return Build(key, kernels_root() / key)
 
 
@@ -262,29 +228,18 @@ def _register_fakes() -> None:
     torch.library.register_fake("layerskip::cached_attention")(_cached_attention_shape)
 
 
-@functools.cache
-def _load() -> str | None:
-    """Load this machine's kernels once per process; why they are not available (None: loaded)."""
-    if not cpu_supported():
-        return "the CPU has no AVX-512 BF16"
-    problem = cpu_compiler_problem()
-    if problem:
-        return problem
-    if not shutil.which("ninja", path=_build_path()):
-        return "ninja is not installed (pip install ninja)"
-    return load(current_build())
-
-
-def rebuild() -> str | None:
-    """Build the kernels afresh (replacing this machine's build) and load them; why not (None: built and
-    loaded). A process that loaded the kernels before keeps that build until it ends."""
-    if not cpu_supported() or cpu_compiler_problem():
-        return cpu_kernels_problem()
+def rebuild(build: Build) -> str | None:
+    """Build the kernels of ``build`` afresh (replacing what is there); why not (None: built)."""
     try:
-        ensure_built(current_build(), rebuild=True)
+        ensure_built(build, rebuild=True)
     except BuildError as error:
         return str(error)
-    return cpu_kernels_problem()
+    return None
+
+
+def ninja() -> bool:
+    """Whether ninja, which ``cpp_extension`` builds with, is found (the interpreter's directory first)."""
+    return shutil.which("ninja", path=_build_path()) is not None
 
 
 def _bf16_linear_shape(x: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:
@@ -296,15 +251,3 @@ def _cached_attention_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
                             scale: float) -> torch.Tensor:
     """The output of ``cached_attention`` (``[B, T, H, D]``, like q) without computing it."""
     return q.new_empty(q.shape)
-
-
-def cpu_kernels_problem() -> str | None:
-    """Why the native CPU kernels are not available here (None: they are; built on first use)."""
-    if os.environ.get("LAYERSKIP_NATIVE", "1") == "0":
-        return "native kernels are off (LAYERSKIP_NATIVE=0)"
-    return _load()
-
-
-def cpu_kernels() -> bool:
-    """Whether the native CPU kernels are loaded (building them on first use)."""
-    return cpu_kernels_problem() is None

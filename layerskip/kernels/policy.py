@@ -238,6 +238,6 @@ def decisions(device: torch.device, config: ModelConfig | None = None) -> dict[s
                       if attention else "PyTorch's scaled_dot_product_attention"),
         "decoder blocks": ("one native call per sublayer (eager bf16)" if decoder_blocks(attention, ["streamed"], False)
                            and dtype == torch.bfloat16 else "no (module path)"),
-        "--compile": compile_problem(device) or "available (inductor)",
+        "torch.compile": compile_problem(device) or "available (inductor)",
     }
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from layerskip.model.cache import KVCache
-from layerskip.model.config import ModelConfig
+from layerskip.model.config import ModelConfig, check_exit_layer
 from layerskip.errors import LayerskipError, read_json_object
 from layerskip.model.fingerprint import base_fingerprint
 from layerskip.model.decoder import DecoderLayer, LlamaForCausalLM
@@ -103,14 +103,13 @@ def init_adapter(model: LlamaForCausalLM, exit_layer: int, architecture: str, in
                  base_name: str = "") -> DraftAdapter:
     """A new adapter for ``model`` at ``exit_layer``; its block copies decoder layer ``init_layer``
     (its MLP too for ``decoder_layer``), or is randomly initialised when ``init_layer`` is None."""
-    if not 1 <= exit_layer < model.num_layers:
-        raise LayerskipError(f"--exit_layer {exit_layer} outside 1..{model.num_layers - 1}")
+    check_exit_layer(exit_layer, model.num_layers)
     size = model.config.intermediate_size if architecture == "decoder_layer" else 0
     config = AdapterConfig(exit_layer, architecture, size, base_fingerprint(model), base_name)
     adapter = DraftAdapter(model.config, config).to(model.device, torch.float32)
     if init_layer is not None:
         if not 0 <= init_layer < model.num_layers:
-            raise LayerskipError(f"--init_layer {init_layer} outside 0..{model.num_layers - 1}")
+            raise LayerskipError(f"`init_layer` {init_layer} outside 0..{model.num_layers - 1}")
         layer = model.model.layers[init_layer]
         if layer.self_attn.qkv_proj is not None:
             raise LayerskipError("init_adapter copies the checkpoint's own layers: load the model with prepare=False")
@@ -142,10 +141,10 @@ def read_adapter_config(directory: Path | str) -> AdapterConfig:
     """The adapter's config, validated (no weights read)."""
     path = Path(directory)
     if not path.is_dir():
-        raise LayerskipError(f"--draft_adapter {directory}: no such directory")
-    raw = read_json_object(path / ADAPTER_CONFIG, f"--draft_adapter {path / ADAPTER_CONFIG}",
-                           f"--draft_adapter {directory}: missing {ADAPTER_CONFIG}")
-    return AdapterConfig.from_dict(raw, f"--draft_adapter {path / ADAPTER_CONFIG}")
+        raise LayerskipError(f"`draft_adapter` {directory}: no such directory")
+    raw = read_json_object(path / ADAPTER_CONFIG, f"`draft_adapter` {path / ADAPTER_CONFIG}",
+                           f"`draft_adapter` {directory}: missing {ADAPTER_CONFIG}")
+    return AdapterConfig.from_dict(raw, f"`draft_adapter` {path / ADAPTER_CONFIG}")
 
 
 def load_adapter(directory: Path | str, model: LlamaForCausalLM) -> DraftAdapter:
@@ -154,22 +153,21 @@ def load_adapter(directory: Path | str, model: LlamaForCausalLM) -> DraftAdapter
     from safetensors.torch import load_file
 
     config = read_adapter_config(directory)
-    if not 1 <= config.exit_layer < model.num_layers:
-        raise LayerskipError(f"--draft_adapter {directory}: exit layer {config.exit_layer} outside 1..{model.num_layers - 1}")
+    check_exit_layer(config.exit_layer, model.num_layers, f"`draft_adapter` {directory}: exit layer")
     if config.base_fingerprint != base_fingerprint(model):
         raise LayerskipError(
-            f"--draft_adapter {directory} was trained for another base checkpoint"
+            f"`draft_adapter` {directory} was trained for another base checkpoint"
             f"{' (' + config.base_name + ')' if config.base_name else ''}: fingerprint {config.base_fingerprint}, "
             f"this model's is {base_fingerprint(model)}"
         )
     try:
         tensors = load_file(str(Path(directory) / ADAPTER_WEIGHTS))
     except (SafetensorError, OSError) as exc:
-        raise LayerskipError(f"--draft_adapter {directory}: cannot read {ADAPTER_WEIGHTS} ({exc})") from None
+        raise LayerskipError(f"`draft_adapter` {directory}: cannot read {ADAPTER_WEIGHTS} ({exc})") from None
     adapter = DraftAdapter(model.config, config)
     try:
         adapter.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise LayerskipError(f"--draft_adapter {directory}: weights do not match adapter.json ({str(exc).splitlines()[0]})") from None
+        raise LayerskipError(f"`draft_adapter` {directory}: weights do not match adapter.json ({str(exc).splitlines()[0]})") from None
     adapter.to(model.device, model.dtype).eval().requires_grad_(False)
     return adapter

@@ -4,8 +4,10 @@ Slots are indexed by sequence position (gpt-fast style): a forward over ``T`` ne
 at slot ``start`` writes every layer it runs at slots ``start..start+T-1`` and attends, through a
 mask, to slots ``< start+T`` of the whole preallocated buffer. Draft passes write layers below the exit layer, verification the rest, into the
 same tensors, so verification never recomputes what the draft already produced (LayerSkip's
-"KVQ cache", Elhoushi et al. 2024, section 4.2.2). Rolling back rejected drafts only moves
-``length`` back: stale slots are overwritten before any later query can attend to them.
+"KVQ cache", Elhoushi et al. 2024, section 4.2.2). Rolling back rejected drafts costs nothing: the
+cache keeps no length of its own (the decoding loop knows each row's next slot), a rejected draft's
+entries sit at slots the mask hides from every query before them, and the next forward from the
+rolled-back slot overwrites them before any later query could see them.
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ class KVCache:
     every row) and attends to the whole buffer through a mask built from positions, so every call
     sees the same shapes. Rows may hold sequences of different lengths, left-padded: ``pad``
     ``[batch]`` (int64) is the number of padding slots of each row, and the token of row ``b`` at
-    slot ``s`` has position ``s - pad[b]``. ``length`` is the number of committed (verified) slots;
-    slots beyond it may hold stale draft entries, which the mask hides and the next forward
-    overwrites.
+    slot ``s`` has position ``s - pad[b]``. Slots beyond a row's verified tokens may hold stale draft entries, which the mask hides and the
+    next forward overwrites (module docstring).
     """
 
     def __init__(
@@ -46,7 +47,6 @@ class KVCache:
         if self.pad.shape != (batch_size,):
             raise ValueError(f"pad must be [batch] = [{batch_size}], got {list(self.pad.shape)}")
         self._keys = torch.arange(capacity, device=device)
-        self.length = 0
 
     @property
     def capacity(self) -> int:
@@ -93,12 +93,6 @@ class KVCache:
         keys.index_copy_(2, slots, k)
         values.index_copy_(2, slots, v)
         return keys, values
-
-    def commit(self, length: int) -> None:
-        """Mark slots ``0..length-1`` as verified (moving the length back is the rollback)."""
-        if not 0 <= length <= self.capacity:
-            raise ValueError(f"cache length {length} outside 0..{self.capacity}")
-        self.length = length
 
 
 class ExitCache:

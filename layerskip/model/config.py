@@ -19,6 +19,15 @@ from typing import Any
 from layerskip.errors import LayerskipError, read_json_object
 from layerskip.validation import check_model_config
 
+
+def check_exit_layer(exit_layer: int, num_layers: int, what: str = "`exit_layer`", deepest: int | None = None) -> int:
+    """``exit_layer`` as an exit of a ``num_layers``-layer model: in ``1..deepest`` (default ``num_layers - 1``:
+    a draft exit below the top; ``num_layers`` admits the full depth), else one error naming ``what``."""
+    top = num_layers - 1 if deepest is None else deepest
+    if isinstance(exit_layer, bool) or not isinstance(exit_layer, int) or not 1 <= exit_layer <= top:
+        raise LayerskipError(f"{what} {exit_layer} outside 1..{top} for this {num_layers}-layer model")
+    return exit_layer
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")

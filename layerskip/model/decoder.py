@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layerskip.kernels.policy import attention_dtype
 from layerskip.model.cache import KVCache
 from layerskip.model.config import ModelConfig
 from layerskip.model.rope import RotaryTable, apply_rotary
@@ -215,11 +216,8 @@ class LlamaForCausalLM(nn.Module):
 
     @property
     def attention_dtype(self) -> torch.dtype:
-        """The dtype of rotary embedding, attention and the KV cache: float32 on a CPU (its 16-bit
-        ``scaled_dot_product_attention`` is 3-10x slower than float32 for the one-token queries of
-        decoding, BENCHMARKS.md, and the cache is a few percent of the bytes a step reads), else the
-        model dtype."""
-        return torch.float32 if self.device.type == "cpu" else self.dtype
+        """The dtype of rotary embedding, attention and the KV cache (``layerskip.kernels.policy.attention_dtype``)."""
+        return attention_dtype(self.device, self.dtype)
 
     def rotary(self) -> RotaryTable:
         table = self._rotary

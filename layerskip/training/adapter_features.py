@@ -61,7 +61,7 @@ def check_or_write_meta(directory: Path, spec: FeatureSpec) -> None:
         if stored != spec.as_dict():
             raise LayerskipError(
                 f"{directory} holds features of another base, exit layer or corpus ({meta}); "
-                "use another --output_dir or delete that directory"
+                "use another `output_dir` or delete that directory"
             )
         return
     tmp = meta.with_suffix(".tmp")

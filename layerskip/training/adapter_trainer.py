@@ -44,6 +44,7 @@ from layerskip.training.adapter_features import FeatureSpec, check_or_write_meta
 from layerskip.training.checkpoint import changed_settings, recover, save_checkpoint
 from layerskip.training.adapter_objective import soft_target_loss, vocabulary_index
 from layerskip.training.schedule import learning_rate
+from layerskip.model.config import check_exit_layer
 
 CONFIG_FILE = "train_adapter_config.json"
 LOG_FILE = "train_log.jsonl"
@@ -86,20 +87,20 @@ class AdapterTrainConfig:
             if getattr(self, name) < 1:
                 raise LayerskipError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.max_tokens < self.seq_len:
-            raise LayerskipError(f"--max_tokens {self.max_tokens} is less than one window (--seq_len {self.seq_len})")
+            raise LayerskipError(f"`max_tokens` {self.max_tokens} is less than one window (`seq_len` {self.seq_len})")
         if self.draft_vocab < 0 or self.eval_prompts < 0 or self.warmup < 0:
-            raise LayerskipError("--draft_vocab, --eval_prompts and --warmup must be >= 0")
+            raise LayerskipError("`draft_vocab`, `eval_prompts` and `warmup` must be >= 0")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.weight_decay >= 0 and self.grad_clip > 0):
-            raise LayerskipError("--lr and --grad_clip must be > 0, --min_lr_ratio in [0, 1], --weight_decay >= 0")
+            raise LayerskipError("`lr` and `grad_clip` must be > 0, `min_lr_ratio` in [0, 1], `weight_decay` >= 0")
         if self.architecture not in ARCHITECTURES:
-            raise LayerskipError(f"--architecture must be one of {', '.join(ARCHITECTURES)}")
+            raise LayerskipError(f"`architecture` must be one of {', '.join(ARCHITECTURES)}")
         if self.init not in INIT_CHOICES:
-            raise LayerskipError(f"--init must be one of {', '.join(INIT_CHOICES)}")
+            raise LayerskipError(f"`init` must be one of {', '.join(INIT_CHOICES)}")
         if self.init_from is not None:
             start = read_adapter_config(self.init_from)
             if (start.exit_layer, start.architecture) != (self.exit_layer, self.architecture):
-                raise LayerskipError(f"--init_from {self.init_from} is a {start.architecture} adapter at exit "
-                                     f"{start.exit_layer}, not a {self.architecture} adapter at --exit_layer {self.exit_layer}")
+                raise LayerskipError(f"`init_from` {self.init_from} is a {start.architecture} adapter at exit "
+                                     f"{start.exit_layer}, not a {self.architecture} adapter at `exit_layer` {self.exit_layer}")
 
 
 def _check_resumable(path: Path, config: AdapterTrainConfig) -> None:
@@ -107,13 +108,13 @@ def _check_resumable(path: Path, config: AdapterTrainConfig) -> None:
     try:
         stored = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        raise LayerskipError(f"{path} is not a train-adapter config; use another --output_dir") from None
+        raise LayerskipError(f"{path} is not a train-adapter config; use another `output_dir`") from None
     if not isinstance(stored, dict):
-        raise LayerskipError(f"{path} is not a train-adapter config; use another --output_dir")
+        raise LayerskipError(f"{path} is not a train-adapter config; use another `output_dir`")
     changed = changed_settings(stored, asdict(config), RESUMABLE_CHANGES | {"output_dir"}, {"model", "corpus"})
     if changed:
         raise LayerskipError(f"{path.parent} holds a run with other settings ({', '.join(changed)}); "
-                             "use another --output_dir or the same settings to resume")
+                             "use another `output_dir` or the same settings to resume")
 
 
 def _windows(stream: torch.Tensor, count: int, seq_len: int, seed: int) -> torch.Tensor:
@@ -134,7 +135,7 @@ class AdapterTrainer:
         self.world: World = init_world()
         self.out = Path(config.output_dir)
         if self.out.exists() and not self.out.is_dir():
-            raise LayerskipError(f"--output_dir {self.out} is a file")
+            raise LayerskipError(f"`output_dir` {self.out} is a file")
 
     # ---- setup -------------------------------------------------------------------------------
     def _prepare_output(self) -> None:
@@ -142,7 +143,7 @@ class AdapterTrainer:
         if cfg_path.exists():
             _check_resumable(cfg_path, self.config)
         elif self.out.exists() and any(self.out.iterdir()):
-            raise LayerskipError(f"--output_dir {self.out} is not empty and holds no train-adapter run")
+            raise LayerskipError(f"`output_dir` {self.out} is not empty and holds no train-adapter run")
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             tmp = cfg_path.with_suffix(".tmp")
@@ -239,15 +240,14 @@ class AdapterTrainer:
         self._prepare_output()
         loaded = load(cfg.model, device=cfg.device, dtype="float32", prepare=False)
         model = loaded.model
-        if not 1 <= cfg.exit_layer < model.num_layers:
-            raise LayerskipError(f"--exit_layer {cfg.exit_layer} outside 1..{model.num_layers - 1}")
+        check_exit_layer(cfg.exit_layer, model.num_layers)
         init_layer = {"exit": cfg.exit_layer, "last": model.num_layers - 1, "random": None}[cfg.init]
         adapter = init_adapter(model, cfg.exit_layer, cfg.architecture, init_layer, str(cfg.model or "layerskip-pycode"))
         if cfg.init_from is not None:  # warm start: a trained adapter of this base (its fingerprint is checked)
             adapter.load_state_dict(load_adapter(cfg.init_from, model).state_dict())
         prepare_for_inference(model)  # the base only runs inference from here on
         if cfg.draft_vocab >= model.config.vocab_size:
-            raise LayerskipError(f"--draft_vocab {cfg.draft_vocab} is not below the vocabulary size {model.config.vocab_size} (0: full)")
+            raise LayerskipError(f"`draft_vocab` {cfg.draft_vocab} is not below the vocabulary size {model.config.vocab_size} (0: full)")
         train_windows, val_windows, prompts, ranking = self._data(loaded)
         vocab = model.config.vocab_size
         subset = (draft_subset(ranking, cfg.draft_vocab, model.config.eos_token_ids, vocab) if 0 < cfg.draft_vocab < vocab

@@ -60,12 +60,6 @@ class EarlyExitObjective(nn.Module):
 
 
 @torch.no_grad()
-def exit_losses(model: LlamaForCausalLM, inputs: torch.Tensor, targets: torch.Tensor) -> list[float]:
-    """Cross-entropy of ``unembed(h_{l+1})`` at every layer ``l`` (no dropout): ``[layers]``."""
-    return exit_statistics(model, inputs, targets)[0]
-
-
-@torch.no_grad()
 def exit_statistics(model: LlamaForCausalLM, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per layer ``l`` (no dropout): the cross-entropy of ``unembed(h_{l+1})`` and its top-1
     agreement with the last layer (the share of positions where both argmaxes are equal, the

@@ -70,17 +70,17 @@ def claim_output(output: Path, fingerprint: dict[str, Any]) -> int:
     meta = run_file(output)
     fingerprint = normalized(fingerprint)
     if meta.exists():
-        doc = read_json_object(meta, f"--output {output}: corrupt {meta.name}", "")
+        doc = read_json_object(meta, f"`output` {output}: corrupt {meta.name}", "")
         if doc.get("format") != RUN_FORMAT:
-            raise LayerskipError(f"--output {output}: {meta.name} was not written by layerskip self-generate; choose another --output")
+            raise LayerskipError(f"`output` {output}: {meta.name} was not written by layerskip self-generate; choose another `output`")
         if normalized(doc.get("fingerprint")) != fingerprint:
-            raise LayerskipError(f"--output {output} was written with other settings ({differences(doc.get('fingerprint') or {}, fingerprint)}); "
-                                 "continue it with its own settings, or choose another --output")
+            raise LayerskipError(f"`output` {output} was written with other settings ({differences(doc.get('fingerprint') or {}, fingerprint)}); "
+                                 "continue it with its own settings, or choose another `output`")
         return existing_records(output)
     if output.exists():
-        raise LayerskipError(f"--output {output}: exists and was not written by layerskip self-generate (no {meta.name}); "
-                             "choose another --output")
-    writable_file(output, "--output")
+        raise LayerskipError(f"`output` {output}: exists and was not written by layerskip self-generate (no {meta.name}); "
+                             "choose another `output`")
+    writable_file(output, "`output`")
     atomic_write(meta, json.dumps({"format": RUN_FORMAT, "fingerprint": fingerprint}, indent=2) + "\n")
     return 0
 
@@ -105,10 +105,10 @@ def prompt_prefixes(tokenizer, path: str, num_sequences: int, text_field: str = 
     for number, record in enumerate(read_records(Path(path), "prompt record")[:num_sequences], 1):
         text = record.get(text_field) if isinstance(record, dict) else None
         if not isinstance(text, str) or not text.strip():
-            raise LayerskipError(f"--prompts {path}:{number}: no text in field {text_field!r}")
+            raise LayerskipError(f"`prompts` {path}:{number}: no text in field {text_field!r}")
         prompts.append(tokenizer(text)["input_ids"])
     if not prompts:
-        raise LayerskipError(f"--prompts {path}: no records")
+        raise LayerskipError(f"`prompts` {path}: no records")
     return prompts
 
 

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from layerskip.model.config import ModelConfig
-from layerskip.drafters.base import EarlyExitDrafter
+from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.training.distributed import World, init_world
 from layerskip.files.jsonl import keep_records
 from layerskip.errors import LayerskipError, read_json_object
@@ -106,22 +106,22 @@ class TrainConfig:
             elif str(f.type) == "float":
                 as_float(value, name, 0.0)
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise LayerskipError("--lr must be > 0 and --min_lr_ratio in [0, 1]")
+            raise LayerskipError("`lr` must be > 0 and `min_lr_ratio` in [0, 1]")
         if self.init_model is None and self.seq_len > self.max_position_embeddings:
-            raise LayerskipError(f"--seq_len {self.seq_len} exceeds --max_position_embeddings {self.max_position_embeddings}")
-        writable_dir(self.output_dir, "--output_dir")
+            raise LayerskipError(f"`seq_len` {self.seq_len} exceeds `max_position_embeddings` {self.max_position_embeddings}")
+        writable_dir(self.output_dir, "`output_dir`")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.seq_len < 2:
             raise LayerskipError("steps, batch_size, grad_accum must be >= 1 and seq_len >= 2")
         if not 0 <= self.p_max <= 1:
-            raise LayerskipError(f"--p_max must be in [0, 1], got {self.p_max}")
+            raise LayerskipError(f"`p_max` must be in [0, 1], got {self.p_max}")
         if not 0 <= self.distill <= 1:
-            raise LayerskipError(f"--distill must be in [0, 1], got {self.distill}")
+            raise LayerskipError(f"`distill` must be in [0, 1], got {self.distill}")
         if self.e_scale < 0:
-            raise LayerskipError("--e_scale must be >= 0")
+            raise LayerskipError("`e_scale` must be >= 0")
         if self.init_model is None and self.hidden_size % self.num_heads:
-            raise LayerskipError("--hidden_size must be divisible by --num_heads")
+            raise LayerskipError("`hidden_size` must be divisible by `num_heads`")
         if self.init_model is None and self.num_heads % self.num_kv_heads:
-            raise LayerskipError("--num_heads must be divisible by --num_kv_heads")
+            raise LayerskipError("`num_heads` must be divisible by `num_kv_heads`")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "TrainConfig":
@@ -241,7 +241,7 @@ class Trainer:
             if changed:
                 raise LayerskipError(
                     f"{self.out} holds a checkpoint of a run with different settings ({', '.join(changed)}); "
-                    "use another --output_dir"
+                    "use another `output_dir`"
                 )
 
     # ---- one step -----------------------------------------------------------------------------
