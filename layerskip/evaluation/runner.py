@@ -22,6 +22,48 @@ SPEED_KEYS = ("acceptance_rate", "mean_tokens_per_verification", "time_to_first_
 QUALITY_KEYS = ("rouge1", "rouge2", "rouge3", "rougeL", "bleu", "exact_match", "edit_distance", "pass@1")
 
 Engine = Any  # LayerskipEngine | TransformersEngine: run(spec, prompt_ids, config) -> Output
+#: the prompt ids of the next answer after user turns and the model's answers to all but the last
+TurnEncoder = Callable[[Sequence[str], Sequence[str]], list[int]]
+#: counts that add up over the turns of a conversation
+SUMMED = ("generated_tokens", "drafted_tokens", "accepted_tokens", "draft_forwards", "verify_forwards", "total_time",
+          "lookup_rounds", "lookup_drafted_tokens", "lookup_accepted_tokens")
+
+
+def merge_turns(outputs: Sequence[Output]) -> Output:
+    """One conversation's outputs as one: token ids and answers in order, counts summed, rates recomputed
+    over all turns (tokens/s = all tokens / all decoding time; tokens per verification and acceptance
+    likewise), time to first token of the first turn."""
+    if len(outputs) == 1:
+        return outputs[0]
+    stats = dict(outputs[-1].stats)
+    for key in SUMMED:
+        values = [o.stats.get(key) for o in outputs]
+        stats[key] = None if any(v is None for v in values) else sum(values)
+    stats["time_to_first_token"] = outputs[0].stats.get("time_to_first_token")
+    tokens, seconds = stats["generated_tokens"], stats["total_time"]
+    stats["tokens_per_second"] = tokens / seconds if seconds else 0.0
+    stats["time_per_token"] = seconds / max(tokens, 1)
+    drafted, verified = stats.get("drafted_tokens"), stats.get("verify_forwards")
+    stats["acceptance_rate"] = stats["accepted_tokens"] / drafted if drafted else None
+    stats["mean_tokens_per_verification"] = (tokens - len(outputs)) / verified if verified else None
+    exits = [(o.stats.get("mean_exit_layer"), o.stats.get("drafted_tokens") or 0) for o in outputs]
+    weight = sum(n for m, n in exits if m is not None)
+    stats["mean_exit_layer"] = sum(m * n for m, n in exits if m is not None) / weight if weight else None
+    ids = [t for o in outputs for t in o.token_ids]
+    return Output(ids, "\n\n".join(o.text for o in outputs), stats)
+
+
+def run_sample(engine: Engine, spec: Strategy, sample: Sample, encode: TurnEncoder,
+               config: GenerationConfig) -> tuple[Output, int]:
+    """Decode every turn of ``sample`` with ``spec``, each later turn after this strategy's own answers
+    (Spec-Bench's multi-turn protocol): the merged output and the first turn's prompt length."""
+    outputs: list[Output] = []
+    first = 0
+    for i in range(len(sample.turns)):
+        ids = encode(sample.turns[: i + 1], [o.text for o in outputs])
+        first = first or len(ids)
+        outputs.append(engine.run(spec, ids, config))
+    return merge_turns(outputs), first
 
 
 def sample_record(sample: Sample, spec: Strategy, out: Output, prompt_len: int, execute: bool, rank: int) -> dict[str, Any]:
@@ -38,6 +80,8 @@ def sample_record(sample: Sample, spec: Strategy, out: Output, prompt_len: int, 
         "speed": {k: out.stats.get(k) for k in SPEED_KEYS},
         "rank": rank,
     }
+    if sample.category is not None:
+        record["category"] = sample.category
     if execute and "problem" in sample.extra:
         result = run_tests(sample.extra["problem"], truncate_completion(out.text))
         metrics["pass@1"] = float(result["passed"])
@@ -49,7 +93,7 @@ def run_interleaved(
     samples: Sequence[Sample],
     specs: Sequence[Strategy],
     engines: Mapping[str, Engine],
-    encode: Callable[[str], list[int]],
+    encode: TurnEncoder,
     config: GenerationConfig,
     log: SampleLog,
     done: set[tuple[str, str]] = frozenset(),
@@ -65,17 +109,16 @@ def run_interleaved(
     records = []
     todo = [s for s in samples if any((s.id, spec.label) not in done for spec in specs)]
     if todo:
-        warm_ids = encode(todo[0].prompt)
+        warm_ids = encode([todo[0].prompt], [])
         warm = replace(config, max_steps=min(config.max_steps, 8))
         for spec in specs:
             engines[spec.engine].run(spec, warm_ids, warm)
     for sample in tqdm(todo, desc="samples", disable=not progress, file=sys.stderr, dynamic_ncols=True):
-        ids = encode(sample.prompt)
         for spec in specs:
             if (sample.id, spec.label) in done:
                 continue
-            out = engines[spec.engine].run(spec, ids, config)
-            record = sample_record(sample, spec, out, len(ids), execute, rank)
+            out, prompt_len = run_sample(engines[spec.engine], spec, sample, encode, config)
+            record = sample_record(sample, spec, out, prompt_len, execute, rank)
             log.append(record)
             records.append(record)
             if on_record:
