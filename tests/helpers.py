@@ -214,3 +214,41 @@ def write_gguf(checkpoint: Path, path: Path, *, architecture: str = "llama", qua
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+GEMMA3_LAYER_TYPES = ("sliding_attention", "full_attention", "sliding_attention", "sliding_attention")
+
+
+def make_gemma3_checkpoint(
+    directory: Path,
+    *,
+    seed: int = 0,
+    vocab_size: int = 300,
+    window: int = 8,
+    layer_types: tuple[str, ...] = GEMMA3_LAYER_TYPES,
+    head_dim: int = 32,
+    final_logit_softcapping: float | None = None,
+) -> Path:
+    """A tiny random Gemma 3 text decoder (``Gemma3ForCausalLM``) with the BPE tokenizer: local layers of
+    ``window`` positions mixed with global ones, a ``query_pre_attn_scalar`` other than ``head_dim`` and
+    random norm weights (so every (1 + w) scale and per-head q/k norm matters)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=len(layer_types),
+        num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim, sliding_window=window,
+        layer_types=list(layer_types), max_position_embeddings=1024, query_pre_attn_scalar=24,
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0}},
+        final_logit_softcapping=final_logit_softcapping, initializer_range=0.1, bos_token_id=0, eos_token_id=1,
+        pad_token_id=2,
+    )
+    model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.normal_(0, 0.3)
+    model.save_pretrained(str(directory))
+    save_tokenizer(make_tokenizer(vocab_size), directory)
+    return directory

@@ -1,4 +1,4 @@
-"""Load Llama-family checkpoints in Hugging Face layout: local directories, GGUF files, known names or hub ids.
+"""Load Llama-family and Gemma 3 checkpoints in Hugging Face layout: local directories, GGUF files, known names or hub ids.
 
 A checkpoint is a directory with ``config.json``, one or several ``*.safetensors`` files (with
 ``model.safetensors.index.json`` when sharded) and tokenizer files. A ``.gguf`` file is converted
@@ -24,6 +24,7 @@ from layerskip.kernels.linear import check_quantize, prepare_for_inference
 from layerskip.kernels.policy import auto_dtype
 from layerskip.checkpoints.gguf import gguf_checkpoint
 from layerskip.model.decoder import LlamaForCausalLM
+from layerskip.model.gemma3 import causal_lm
 from layerskip.checkpoints.registry import REGISTRY, fetched_dir
 from layerskip.validation import inside
 
@@ -159,12 +160,32 @@ def read_state_dict(files: list[Path]) -> dict[str, torch.Tensor]:
     return state
 
 
+#: where a multimodal checkpoint (Gemma 3's ``gemma3``) keeps its text decoder: transformers 4.x, 5.x
+TEXT_DECODER_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
+                         ("language_model.lm_head.", "lm_head."))
+
+
+def text_decoder_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with a multimodal checkpoint's text decoder under the text-only names (``model.*``,
+    ``lm_head.*``) and its other towers left out; a text-only checkpoint's ``state`` as it is."""
+    if not any(key.startswith(old) for key in state for old, _ in TEXT_DECODER_PREFIXES):
+        return state
+    renamed = {}
+    for key, tensor in state.items():
+        for old, new in TEXT_DECODER_PREFIXES:
+            if key.startswith(old):
+                renamed[new + key[len(old):]] = tensor
+    if "lm_head.weight" in state:
+        renamed.setdefault("lm_head.weight", state["lm_head.weight"])
+    return renamed
+
+
 def load_model(path: Path, device: torch.device, dtype: torch.dtype) -> LlamaForCausalLM:
     """Build the model from ``path/config.json`` and fill it from its safetensors files."""
     config = ModelConfig.from_file(path / "config.json")
-    state = read_state_dict(weight_files(path))
+    state = text_decoder_weights(read_state_dict(weight_files(path)))
     with torch.device("meta"):
-        model = LlamaForCausalLM(config).to(dtype)
+        model = causal_lm(config).to(dtype)
     model.to_empty(device=device)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -215,11 +236,14 @@ def load(model: str | None = None, device: str = "auto", dtype: str = "auto", qu
         raise LayerskipError("`compile` applies to `quantize` none (int8 layers run eagerly)")
     dev = resolve_device(device)
     if compile:
-        require_compiler(dev)  # before any weight is read
+        require_compiler(dev)  # before any model is resolved
     path = resolve_model_path(model) if model else default_model_path()
     if not model and not (path / "config.json").exists():
         raise LayerskipError(f"the shipped model is missing from {path}; pass `model`")
-    net = load_model(path, dev, resolve_dtype(dtype, dev, ModelConfig.from_file(path / "config.json")))
+    config = ModelConfig.from_file(path / "config.json")
+    if compile:
+        require_compiler(dev, config)  # before any weight is read
+    net = load_model(path, dev, resolve_dtype(dtype, dev, config))
     if prepare:
         prepare_for_inference(net, quantize, for_compile=compile)
         if compile:

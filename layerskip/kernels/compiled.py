@@ -31,6 +31,7 @@ import weakref
 import torch
 
 from layerskip.model.cache import KVCache
+from layerskip.model.config import ModelConfig
 from layerskip.errors import LayerskipError
 from layerskip.model.decoder import LlamaForCausalLM
 from layerskip.files.storage import status
@@ -48,9 +49,10 @@ def skips_guards() -> bool:
         return False
 
 
-def require_compiler(device: torch.device) -> None:
-    """One error line when ``torch.compile`` cannot build kernels for ``device`` (``policy.compile_problem``)."""
-    problem = compile_problem(device)
+def require_compiler(device: torch.device, config: ModelConfig | None = None) -> None:
+    """One error line when ``torch.compile`` cannot build kernels for ``device`` (and the model of
+    ``config``: ``policy.compile_problem``)."""
+    problem = compile_problem(device, config)
     if problem:
         raise LayerskipError(f"`compile`: {problem}")
 
@@ -59,7 +61,7 @@ def compile_layers(model: LlamaForCausalLM) -> LlamaForCausalLM:
     """Decode through the compiled layer loop (module docstring); returns the model. Call it on a model
     prepared without oneDNN-prepacked layers (``prepare_for_inference(model, for_compile=True)``),
     whose weights do not change afterwards: they are frozen into the compiled graphs."""
-    require_compiler(model.device)
+    require_compiler(model.device, model.config)
 
     def loop(hidden: torch.Tensor, first: int, last: int, cache: KVCache, slots: torch.Tensor, cos: torch.Tensor,
              sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

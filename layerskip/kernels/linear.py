@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerskip.errors import LayerskipError
+from layerskip.model.config import ModelConfig
 from layerskip.model.fingerprint import base_fingerprint
 from layerskip.kernels.blocks import AttentionBlock, MLPBlock
 from layerskip.kernels.policy import NATIVE_ATTENTION_QUERIES, check_kernel, decoder_blocks, linear_kernel, native_attention
@@ -190,15 +191,16 @@ def kernel_name(module: nn.Module) -> str:
     return names.get(type(inner), "dense")
 
 
-def attach_blocks(layer: nn.Module, for_compile: bool = False) -> None:
-    """Give a prepared ``DecoderLayer`` (``prepare_layer``) each sublayer as one native call
-    (``layerskip.kernels.blocks``) where the policy says so (``decoder_blocks``; in place)."""
+def attach_blocks(layer: nn.Module, for_compile: bool = False, config: ModelConfig | None = None) -> None:
+    """Give a prepared ``DecoderLayer`` (``prepare_layer``) of a model of ``config`` each sublayer as one
+    native call (``layerskip.kernels.blocks``) where the policy says so (``decoder_blocks``; in place)."""
     attn = layer.self_attn
     native = attn.native_queries > 0
-    if decoder_blocks(native, [kernel_name(attn.qkv_proj), kernel_name(attn.o_proj)], for_compile):
+    if decoder_blocks(native, [kernel_name(attn.qkv_proj), kernel_name(attn.o_proj)], for_compile, config):
         layer.attn_block = AttentionBlock(layer.input_layernorm, attn)
         mlp = getattr(layer, "mlp", None)
-        if mlp is not None and decoder_blocks(native, [kernel_name(mlp.gate_up_proj), kernel_name(mlp.down_proj)], for_compile):
+        if mlp is not None and decoder_blocks(native, [kernel_name(mlp.gate_up_proj), kernel_name(mlp.down_proj)],
+                                              for_compile, config):
             layer.mlp_block = MLPBlock(layer.post_attention_layernorm, mlp)
 
 
@@ -221,7 +223,7 @@ def prepare_for_inference(model: nn.Module, quantize: str = "none", kernel: str 
         for layer in model.model.layers:
             layer.self_attn.native_queries = NATIVE_ATTENTION_QUERIES if attention else 0
             prepare_layer(layer, quantize, kernel, for_compile)
-            attach_blocks(layer, for_compile)
+            attach_blocks(layer, for_compile, model.config)
         head = model.lm_head
         if linear_kernel(head.weight, kernel) != "dense":
             model.lm_head = make_linear(head.weight, head.bias, kernel=kernel, keep_weight=True)

@@ -26,8 +26,9 @@ CUDA), and everything else asks:
 - ``native_attention``: attention of up to ``NATIVE_ATTENTION_QUERIES`` query tokens over a KV cache on
   the native kernel (requested ``auto`` or ``streamed``: what users get), else SDPA.
 - ``decoder_blocks``: whether each decoder sublayer of an eager bf16 model runs as one native call
-  (``layerskip.kernels.blocks``): where native attention runs and every projection streams.
-- ``compile_problem``: whether ``torch.compile`` can build kernels for a device here.
+  (``layerskip.kernels.blocks``): where native attention runs and every projection streams, in
+  Llama-family layers only.
+- ``compile_problem``: whether ``torch.compile`` can build kernels for a device (and model) here.
 
 ``decisions()`` lists them for ``layerskip env``.
 """
@@ -192,19 +193,27 @@ def linear_kernel(weight: torch.Tensor, requested: str = "auto", for_compile: bo
 
 
 def native_attention(device: torch.device, head_dim: int, requested: str = "auto") -> bool:
-    """Whether attention over a KV cache of up to ``NATIVE_ATTENTION_QUERIES`` tokens runs the native kernel."""
+    """Whether attention over a KV cache of up to ``NATIVE_ATTENTION_QUERIES`` tokens runs the native kernel.
+    The kernel is softmax(q k^T * scale + mask) v with the caller's scale and additive mask, so it is right
+    for every family's attention (Gemma 3's sliding-window masks and ``query_pre_attn_scalar`` scale
+    included) wherever its head size fits: a multiple of 16 up to 128 (Gemma 3's 256 runs on SDPA)."""
     return (check_kernel(requested) in ("auto", "streamed") and device.type == "cpu" and head_dim % 16 == 0
             and head_dim <= 128 and native_kernels())
 
 
-def decoder_blocks(attention_native: bool, kernels: list[str], for_compile: bool) -> bool:
+def decoder_blocks(attention_native: bool, kernels: list[str], for_compile: bool, config: ModelConfig | None = None) -> bool:
     """Whether a decoder sublayer whose projections got ``kernels`` runs as one native call: eager
-    decoding with native attention and every projection streamed."""
-    return attention_native and not for_compile and bool(kernels) and all(k == "streamed" for k in kernels)
+    decoding with native attention and every projection streamed, in a Llama-family layer (the native
+    blocks compute Llama's sublayer: one norm, SwiGLU; never Gemma 3's four (1 + w) norms, q/k norms and
+    GELU). ``config``: the model's (None: no model in view, as for ``layerskip env`` without one)."""
+    llama = config is None or config.gemma3 is None
+    return llama and attention_native and not for_compile and bool(kernels) and all(k == "streamed" for k in kernels)
 
 
-def compile_problem(device: torch.device) -> str | None:
-    """Why ``torch.compile`` cannot build kernels for ``device`` here (None: it can)."""
+def compile_problem(device: torch.device, config: ModelConfig | None = None) -> str | None:
+    """Why ``torch.compile`` cannot build kernels for ``device`` (and the model of ``config``) here (None: it can)."""
+    if config is not None and config.gemma3 is not None:
+        return "torch.compile is not available for Gemma 3 models (its layers take rotary tables and masks per layer type)"
     if device.type == "cuda":
         return None if importlib.util.find_spec("triton") else "torch.compile on CUDA needs triton (pip install triton)"
     if cpu_compiler_problem():
@@ -236,8 +245,8 @@ def decisions(device: torch.device, config: ModelConfig | None = None) -> dict[s
         "linear kernel": KERNEL_NAMES[linear_kernel(weight)],
         "attention": (f"layerskip's cached attention for up to {NATIVE_ATTENTION_QUERIES} query tokens, SDPA beyond"
                       if attention else "PyTorch's scaled_dot_product_attention"),
-        "decoder blocks": ("one native call per sublayer (eager bf16)" if decoder_blocks(attention, ["streamed"], False)
+        "decoder blocks": ("one native call per sublayer (eager bf16)" if decoder_blocks(attention, ["streamed"], False, config)
                            and dtype == torch.bfloat16 else "no (module path)"),
-        "torch.compile": compile_problem(device) or "available (inductor)",
+        "torch.compile": compile_problem(device, config) or "available (inductor)",
     }
 

@@ -76,6 +76,9 @@ class DraftAdapter(nn.Module):
 
     def __init__(self, base: ModelConfig, config: AdapterConfig) -> None:
         super().__init__()
+        if base.gemma3 is not None:
+            raise LayerskipError("`draft_adapter`: adapters are Llama-family blocks; a Gemma 3 model drafts with "
+                                 "its own early layers (no adapter)")
         self.config = config
         self.block_config = config.block_config(base)
         self.block = DecoderLayer(self.block_config)

@@ -86,6 +86,12 @@ class KVCache:
         pad = self.pad[:, None, None, None]
         return (keys <= queries) & ((keys >= pad) | (queries < pad))
 
+    def window(self, slots: torch.Tensor, size: int) -> torch.Tensor:
+        """Boolean band ``[1, 1, T, capacity]``: the query at slot ``s`` sees key slots above ``s - size``
+        (a sliding window of ``size`` positions, itself included; slots and positions differ by the
+        row's padding alone). ``mask(slots) & window(slots, size)`` is a local attention layer's mask."""
+        return self._keys[None, None, None, :] > slots[None, None, :, None] - size
+
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v ``[batch, kv_heads, T, head_dim]`` at ``slots`` ``[T]`` of ``layer``; returns the
         whole buffers of that layer, ``[batch, kv_heads, capacity, head_dim]`` each."""

@@ -8,6 +8,10 @@ Mistral and Qwen2 are the same decoder (RMSNorm, rotary attention with GQA, SwiG
 adds a bias to the q/k/v projections (not to o_proj), Mistral may declare a ``sliding_window``.
 Attention here is always full, which is exactly the checkpoint's attention for contexts up to the
 window: longer contexts are refused (``context_limit``).
+
+Gemma 3's text decoder (``gemma3_text``, or a ``gemma3`` config's text part) differs in every layer
+(``layerskip.model.gemma3``); what its config says beyond these fields is ``ModelConfig.gemma3``
+(``layerskip.model.gemma3_config``), and its ``sliding_window`` is the local layers' window, run exactly.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from layerskip.errors import LayerskipError, read_json_object
+from layerskip.model.gemma3_config import GEMMA3_MODEL_TYPES, Gemma3Settings, gemma3_hf_dict, gemma3_settings, rope_settings, text_config
 from layerskip.validation import check_model_config
 
 
@@ -28,8 +33,9 @@ def check_exit_layer(exit_layer: int, num_layers: int, what: str = "`exit_layer`
         raise LayerskipError(f"{what} {exit_layer} outside 1..{top} for this {num_layers}-layer model")
     return exit_layer
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", *GEMMA3_MODEL_TYPES)
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                    "gemma3_text": "Gemma3ForCausalLM"}
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -54,11 +60,13 @@ class ModelConfig:
     model_type: str = "llama"
     qkv_bias: bool = False  # Qwen2: bias on q/k/v only (``attention_bias`` is on all four projections)
     sliding_window: int | None = None
+    gemma3: Gemma3Settings | None = None  # a Gemma 3 text decoder (module docstring)
 
     @property
     def context_limit(self) -> int:
-        """Positions this engine runs exactly: ``max_position_embeddings``, or the sliding window if smaller."""
-        if self.sliding_window is None:
+        """Positions this engine runs exactly: ``max_position_embeddings``, or a Mistral's sliding window
+        if smaller (Gemma 3's local windows are run exactly)."""
+        if self.sliding_window is None or self.gemma3 is not None:
             return self.max_position_embeddings
         return min(self.max_position_embeddings, self.sliding_window)
 
@@ -76,15 +84,21 @@ class ModelConfig:
                 f"unsupported architecture: model_type={model_type!r} "
                 f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
             )
+        gemma = model_type in GEMMA3_MODEL_TYPES
+        if gemma:
+            raw, model_type = text_config(raw), "gemma3_text"
         check_model_config(raw, "config.json")
-        if raw.get("hidden_act", "silu") != "silu":
+        if not gemma and raw.get("hidden_act", "silu") != "silu":
             raise LayerskipError(f"unsupported hidden_act {raw.get('hidden_act')!r} (only silu)")
         try:
             hidden = int(raw["hidden_size"])
             heads = int(raw["num_attention_heads"])
-            rope_params = dict(raw.get("rope_parameters") or {})
-            rope_theta = float(rope_params.pop("rope_theta", raw.get("rope_theta", 10000.0)))
-            scaling = raw.get("rope_scaling") or (rope_params if rope_params else None)
+            if gemma:
+                rope_theta, scaling, _ = rope_settings(raw)
+            else:
+                rope_params = dict(raw.get("rope_parameters") or {})
+                rope_theta = float(rope_params.pop("rope_theta", raw.get("rope_theta", 10000.0)))
+                scaling = raw.get("rope_scaling") or (rope_params if rope_params else None)
             if scaling is not None:
                 scaling = dict(scaling)
                 rope_type = scaling.get("rope_type", scaling.get("type", "default"))
@@ -94,7 +108,7 @@ class ModelConfig:
                     )
                 if rope_type == "default":
                     scaling = None
-            window = raw.get("sliding_window") if model_type == "mistral" or raw.get("use_sliding_window") else None
+            window = raw.get("sliding_window") if model_type in ("mistral", "gemma3_text") or raw.get("use_sliding_window") else None
             eos = raw.get("eos_token_id")
             eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
             return cls(
@@ -117,6 +131,7 @@ class ModelConfig:
                 model_type=model_type,
                 qkv_bias=model_type == "qwen2",
                 sliding_window=None if window is None else int(window),
+                gemma3=gemma3_settings(raw) if gemma else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise LayerskipError(f"invalid model config: {exc!r}") from None
@@ -128,13 +143,19 @@ class ModelConfig:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The config in Hugging Face's layout for its ``model_type`` (loadable by transformers); a
-        Llama config's dict is the same as before Mistral and Qwen2 were added (fingerprints stay)."""
+        Llama config's dict is the same as before Mistral, Qwen2 and Gemma 3 were added (fingerprints stay)."""
         out = asdict(self)
         eos = out.pop("eos_token_ids")
-        for key in ("model_type", "qkv_bias", "sliding_window"):
+        for key in ("model_type", "qkv_bias", "sliding_window", "gemma3"):
             out.pop(key)
         out["eos_token_id"] = (eos[0] if len(eos) == 1 else list(eos)) if eos else None
         out["rope_scaling"] = self.rope_scaling
+        if self.gemma3 is not None:
+            for key in ("rope_theta", "rope_scaling", "mlp_bias"):
+                out.pop(key)
+            out.update(gemma3_hf_dict(self.gemma3, self.rope_theta, self.rope_scaling), model_type=self.model_type,
+                       architectures=[HF_ARCHITECTURES[self.model_type]], sliding_window=self.sliding_window)
+            return out
         out.update(model_type=self.model_type, architectures=[HF_ARCHITECTURES[self.model_type]], hidden_act="silu")
         if self.model_type != "llama":
             out["sliding_window"] = self.sliding_window

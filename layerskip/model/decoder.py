@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,8 @@ NO_SKIP = SkipSet()
 
 #: what a forward over T tokens at given cache slots needs (``LlamaForCausalLM.slot_inputs``): slot
 #: indices ``[T]``, rotary cos/sin ``[batch, T, 1, head_dim]``, attention mask ``[batch, 1, T, capacity]``
-SlotInputs = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None]
+#: (Gemma 3's cos, sin and mask are tuples of these, one per layer type: ``layerskip.model.gemma3``)
+SlotInputs = tuple[torch.Tensor | None, Any, Any, Any]
 
 
 class RMSNorm(nn.Module):
@@ -179,20 +180,26 @@ class DecoderLayer(nn.Module):
 
 
 class Backbone(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: Callable[[ModelConfig], nn.Module] = DecoderLayer,
+                 norm: Callable[[int, float], nn.Module] = RMSNorm) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList(layer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = norm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
 class LlamaForCausalLM(nn.Module):
-    """Llama decoder with per-call exit layer and sublayer skipping."""
+    """Llama decoder with per-call exit layer and sublayer skipping. Another family (Gemma 3,
+    ``layerskip.model.gemma3``) subclasses it with its own ``layer_class`` / ``norm_class`` and the
+    calls that differ; the rest of the code sees the same API."""
+
+    layer_class: Callable[[ModelConfig], nn.Module] = DecoderLayer
+    norm_class: Callable[[int, float], nn.Module] = RMSNorm
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.model = Backbone(config)
+        self.model = Backbone(config, self.layer_class, self.norm_class)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight

@@ -1,0 +1,169 @@
+"""Gemma 3's text decoder against transformers' ``Gemma3ForCausalLM`` on a tiny random checkpoint whose
+sliding window (8) is shorter than the prompts, with local and global layers mixed: float32 logits
+(with and without the KV cache, prepared kernels included), early exits, greedy ``generate`` token
+for token, self-speculative decoding equal to autoregressive; the config layouts, the kernel policy
+and the refusals."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import assert_one_line_error, make_gemma3_checkpoint, run_cli
+
+from layerskip.checkpoints.loading import load, load_model, text_decoder_weights
+from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.decoding.sampling import SamplingConfig
+from layerskip.decoding.strategy import Strategy
+from layerskip.errors import LayerskipError
+from layerskip.kernels import policy
+from layerskip.kernels.linear import prepare_for_inference
+from layerskip.model.adapter import AdapterConfig, DraftAdapter
+from layerskip.model.cache import KVCache
+from layerskip.model.config import ModelConfig
+from layerskip.model.gemma3 import Gemma3ForCausalLM
+
+CPU = torch.device("cpu")
+GREEDY = GenerationConfig(max_steps=24, sampling=SamplingConfig(sample=False))
+PROMPTS = [[0, *range(40, 60)], [0, 17, 99, 5, 230, 41, 8, 77, 150, 3, 12, 64, 200]]
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_gemma3_checkpoint(tmp_path_factory.mktemp("gemma3"))
+
+
+@pytest.fixture(scope="module")
+def reference(gemma_dir: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(gemma_dir), dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def prepared(gemma_dir: Path) -> Gemma3ForCausalLM:
+    return prepare_for_inference(load_model(gemma_dir, CPU, torch.float32))
+
+
+def tokens(n: int = 30, seed: int = 1) -> torch.Tensor:
+    return torch.randint(3, 300, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.inference_mode()
+def test_float32_logits_equal_transformers_past_the_window(gemma_dir, reference, prepared) -> None:
+    ids = tokens()
+    want = reference(ids).logits
+    model = load_model(gemma_dir, CPU, torch.float32)
+    assert isinstance(model, Gemma3ForCausalLM) and model.kinds == (1, 0, 1, 1)
+    torch.testing.assert_close(model(ids), want, rtol=1e-5, atol=1e-5)  # no cache: causal + band mask
+    torch.testing.assert_close(model(ids, KVCache(model.config, 1, 48, CPU, torch.float32)), want, rtol=1e-5, atol=1e-5)
+    cache = KVCache(prepared.config, 1, 48, CPU, torch.float32)  # prefill, then one token a step past the window
+    stepped = [prepared(ids[:, :10], cache, 0)] + [prepared(ids[:, i : i + 1], cache, i) for i in range(10, 30)]
+    torch.testing.assert_close(torch.cat(stepped, dim=1), want, rtol=1e-5, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_the_window_is_exact_one_position_more_changes_the_logits(gemma_dir, reference) -> None:
+    ids = tokens()
+    model = load_model(gemma_dir, CPU, torch.float32)
+    model.config = replace(model.config, sliding_window=9)
+    assert not torch.allclose(model(ids, KVCache(model.config, 1, 48, CPU, torch.float32)), reference(ids).logits, atol=1e-3)
+
+
+@torch.inference_mode()
+def test_an_early_exit_is_that_layers_state_through_the_final_norm_and_head(gemma_dir, reference, prepared) -> None:
+    ids = tokens()
+    states = reference(ids, output_hidden_states=True).hidden_states
+    for exit_layer in (1, 2, 3):
+        want = reference.lm_head(reference.model.norm(states[exit_layer]))
+        cache = KVCache(prepared.config, 1, 48, CPU, torch.float32)
+        got = prepared.unembed(prepared.run_layers(prepared.embed(ids), 0, exit_layer, cache, 0))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_greedy_generation_equals_transformers_generate(reference, prepared) -> None:
+    for prompt in PROMPTS:
+        ids = torch.tensor([prompt])
+        want = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=GREEDY.max_steps,
+                                  do_sample=False, pad_token_id=2, eos_token_id=None)[0, len(prompt):].tolist()
+        assert generate(prepared, prompt, GREEDY).token_ids == want
+
+
+def test_self_speculative_equals_autoregressive(prepared) -> None:
+    decoding = Strategy.parse("self_speculative:exit_layer=2,num_speculations=3").decoding(prepared.num_layers)
+    for prompt in PROMPTS:
+        result = generate(prepared, prompt, GREEDY, decoding)
+        assert result.token_ids == generate(prepared, prompt, GREEDY).token_ids
+        assert result.stats.draft_forwards > 0
+
+
+@torch.inference_mode()
+def test_final_logit_softcapping_and_the_bf16_embedding_scale(tmp_path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    path = make_gemma3_checkpoint(tmp_path, final_logit_softcapping=2.0)
+    ids = tokens(12)
+    reference = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    got = load_model(path, CPU, torch.float32)(ids)
+    assert got.abs().max() < 2.0
+    torch.testing.assert_close(got, reference(ids).logits, rtol=1e-5, atol=1e-5)
+    half = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16).eval()
+    model = load_model(path, CPU, torch.bfloat16)
+    assert torch.equal(model.embed(ids), half.model.embed_tokens(ids))
+    model = load_model(path, CPU, torch.bfloat16)
+    model.config = replace(model.config, hidden_size=70)  # sqrt(70) = 8.3666 is 8.375 in bf16: rounded first
+    assert torch.equal(model.embed(ids), model.model.embed_tokens(ids) * torch.tensor(70**0.5, dtype=torch.bfloat16))
+
+
+def test_config_layouts_agree_and_round_trip_through_transformers(gemma_dir) -> None:
+    from transformers import Gemma3TextConfig
+
+    raw = json.loads((gemma_dir / "config.json").read_text())
+    config = ModelConfig.from_dict(raw)
+    assert config.gemma3.layer_types == tuple(raw["layer_types"]) and config.sliding_window == 8
+    assert config.context_limit == 1024  # the window is run exactly: it bounds nothing
+    legacy = {k: v for k, v in raw.items() if k not in ("rope_parameters", "layer_types")}  # transformers 4.x
+    legacy.update(rope_theta=1_000_000.0, rope_local_base_freq=10000.0, sliding_window_pattern=2)
+    parsed = ModelConfig.from_dict(legacy)  # every second layer global
+    assert parsed.gemma3.layer_types == ("sliding_attention", "full_attention") * 2 and parsed.rope_theta == 1e6
+    assert parsed.gemma3.local_rope_theta == 10000.0 and parsed.rope_scaling is None
+    text = {k: v for k, v in raw.items() if k != "eos_token_id"}
+    multimodal = {"model_type": "gemma3", "eos_token_id": [1, 106], "text_config": text}
+    assert ModelConfig.from_dict(multimodal) == replace(config, eos_token_ids=(1, 106))
+    back = Gemma3TextConfig(**config.to_hf_dict())
+    assert back.layer_types == raw["layer_types"] and back.rope_parameters == raw["rope_parameters"]
+    assert back.query_pre_attn_scalar == 24 and back.sliding_window == 8 and back.tie_word_embeddings
+    with pytest.raises(LayerskipError, match="attn_logit_softcapping"):
+        ModelConfig.from_dict({**raw, "attn_logit_softcapping": 50.0})
+
+
+def test_a_multimodal_checkpoints_text_decoder_weights_are_found() -> None:
+    w = torch.zeros(1)
+    state = {"model.language_model.layers.0.mlp.up_proj.weight": w, "model.vision_tower.x": w, "lm_head.weight": w}
+    assert set(text_decoder_weights(state)) == {"model.layers.0.mlp.up_proj.weight", "lm_head.weight"}
+    assert set(text_decoder_weights({"language_model.model.norm.weight": w})) == {"model.norm.weight"}
+    plain = {"model.norm.weight": w}
+    assert text_decoder_weights(plain) is plain
+
+
+def test_the_policy_keeps_llama_kernels_off_gemma_layers(gemma_dir) -> None:
+    config = ModelConfig.from_file(gemma_dir / "config.json")
+    assert not policy.decoder_blocks(True, ["streamed", "streamed"], False, config)
+    assert not policy.native_attention(CPU, 256)  # Gemma 3's real head size: SDPA
+    assert "Gemma 3" in policy.compile_problem(CPU, config)
+    model = prepare_for_inference(load_model(gemma_dir, CPU, torch.bfloat16))  # streamed where the CPU has it
+    assert all(getattr(layer, "attn_block", None) is None for layer in model.model.layers)
+    assert all(getattr(layer, "mlp_block", None) is None for layer in model.model.layers)
+
+
+def test_compile_and_adapters_are_refused_in_one_line(gemma_dir) -> None:
+    with pytest.raises(LayerskipError, match="`compile`: torch.compile is not available for Gemma 3"):
+        load(str(gemma_dir), "cpu", "float32", compile=True)
+    assert_one_line_error(run_cli("generate", "--model", str(gemma_dir), "--prompt", "x", "--compile", "True"), "Gemma 3")
+    config = ModelConfig.from_file(gemma_dir / "config.json")
+    with pytest.raises(LayerskipError, match="`draft_adapter`"):
+        DraftAdapter(config, AdapterConfig(exit_layer=2))
