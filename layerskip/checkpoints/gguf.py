@@ -7,8 +7,9 @@ permutation) and written once as a float32 Hugging Face checkpoint directory: ``
 ``quantization_config`` transformers attaches), ``generation_config.json`` and the tokenizer files,
 chat template included. Every command then loads that directory like any other checkpoint.
 
-Only the ``llama`` architecture is accepted; the architecture and every tensor's quantization type
-are checked from the file's header before anything is dequantized.
+The ``llama`` and ``gemma3`` architectures are accepted (transformers maps a Gemma 3 GGUF to a
+``gemma3_text`` checkpoint, undoing llama.cpp's +1 on its norm weights); the architecture and every
+tensor's quantization type are checked from the file's header before anything is dequantized.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from layerskip.model.config import ModelConfig
+from layerskip.model.config import HF_ARCHITECTURES, ModelConfig
 from layerskip.errors import LayerskipError
 from layerskip.files.storage import build_directory, layerskip_home, status
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "gemma3")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -30,7 +31,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def check_gguf(path: Path) -> None:
-    """Fail with one line unless ``path`` is a readable llama GGUF whose tensors can all be dequantized.
+    """Fail with one line unless ``path`` is a readable llama or gemma3 GGUF whose tensors can all be dequantized.
 
     Reads only the header (the tensor data is memory-mapped) and dequantizes one row of one tensor
     per quantization type.
@@ -63,7 +64,7 @@ def check_gguf(path: Path) -> None:
 
 
 def convert_gguf(path: Path, out: Path) -> None:
-    """Dequantize the llama GGUF ``path`` into a float32 Hugging Face checkpoint in the directory ``out``."""
+    """Dequantize the llama or gemma3 GGUF ``path`` into a float32 Hugging Face checkpoint in the directory ``out``."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -77,8 +78,8 @@ def convert_gguf(path: Path, out: Path) -> None:
         raise LayerskipError(f"cannot convert {path.name}: {_first_line(exc)}") from None
     config = model.config.to_diff_dict()
     config.pop("quantization_config", None)
-    config["architectures"] = ["LlamaForCausalLM"]
-    ModelConfig.from_dict(config)  # one clear line if transformers mapped it to an architecture we do not run
+    parsed = ModelConfig.from_dict(config)  # one clear line if transformers mapped it to an architecture we do not run
+    config["architectures"] = [HF_ARCHITECTURES[parsed.model_type]]
     tied = bool(config.get("tie_word_embeddings"))
     weights = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
