@@ -16,7 +16,7 @@ from typing import Any, Mapping, NoReturn, Sequence
 
 from layerskip.checkpoints.loading import DTYPES
 from layerskip.decoding.strategy import NAMES
-from layerskip.drafters.config import DRAFTS
+from layerskip.drafters.config import DRAFT_CONTROLS, DRAFTS
 from layerskip.drafters.length import LENGTH_POLICIES
 from layerskip.kernels.linear import QUANTIZATIONS
 from layerskip.validation import field_types
@@ -183,6 +183,9 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     add(drafts, "prompt_lookup_factor", type=float, default=None,
         help="prompt lookup: draft at most factor x the match's length (how far the earlier occurrence agrees "
              "backwards; SuffixDecoding), e.g. 0.5 (default: always the full length)")
+    add(drafts, "draft_control", default=None, choices=DRAFT_CONTROLS,
+        help="payoff: per sequence, stop drafting while drafting rounds emit tokens more slowly than plain steps (measured), "
+             "probing now and then to resume; the output is unchanged (default: none)")
     add(drafts, "draft_config", default=None, help="a draft configuration JSON (from layerskip tune); flags override it")
     add(drafts, "draft_adapter", default=None,
         help="a trained draft adapter directory (layerskip train-adapter): draft = layers 0..E-1 + adapter + shared head")

@@ -65,7 +65,8 @@ def draft_config(args: argparse.Namespace, recommended: dict | None = None, spec
         draft_vocab=args.draft_vocab, draft=args.draft, prompt_lookup_max_ngram=args.prompt_lookup_max_ngram,
         prompt_lookup_min_ngram=args.prompt_lookup_min_ngram,
         prompt_lookup_num_tokens=getattr(args, "prompt_lookup_num_tokens", None),
-        prompt_lookup_factor=getattr(args, "prompt_lookup_factor", None), **skips,
+        prompt_lookup_factor=getattr(args, "prompt_lookup_factor", None),
+        draft_control=getattr(args, "draft_control", None), **skips,
     )
 
 

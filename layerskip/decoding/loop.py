@@ -71,8 +71,8 @@ class GenerationStats:
     """What one generation did and how long it took. Drafter-specific settings and counters are the
     drafter's own report (``draft``); ``as_dict`` lays everything out flat, the JSON form (``--json``,
     benchmark records): ``num_speculations``, ``draft_length``, ``draft_vocab``, ``draft_adapter`` and
-    prompt lookup's ``lookup_rounds`` / ``lookup_drafted_tokens`` / ``lookup_accepted_tokens`` (None
-    where they do not apply). ``exit_layer`` is the draft's exit layer, or the depth of early-exit
+    prompt lookup's ``lookup_rounds`` / ``lookup_drafted_tokens`` / ``lookup_accepted_tokens``, the payoff
+    controller's ``plain_rounds`` / ``probes`` (None where they do not apply). ``exit_layer`` is the draft's exit layer, or the depth of early-exit
     decoding."""
 
     generated_tokens: int = 0
@@ -99,7 +99,8 @@ class GenerationStats:
         out.update(num_speculations=report.num_speculations, draft_length=report.draft_length,
                    draft_vocab=report.draft_vocab, draft_adapter=report.draft_adapter,
                    lookup_rounds=lookup and lookup.rounds, lookup_drafted_tokens=lookup and lookup.drafted_tokens,
-                   lookup_accepted_tokens=lookup and lookup.accepted_tokens)
+                   lookup_accepted_tokens=lookup and lookup.accepted_tokens,
+                   plain_rounds=report.plain_rounds, probes=report.probes)
         return out
 
     def add_exits(self, exits: Sequence[int]) -> None:

@@ -79,6 +79,9 @@ class DraftReport:
     draft_adapter: str | None = None
     exit_layers: tuple[int, ...] = ()
     lookup: LookupCounts | None = None
+    #: ``draft_control="payoff"``: rounds kept without a draft, and drafting probes among them
+    plain_rounds: int | None = None
+    probes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from layerskip.model.adapter import read_adapter_config
 from layerskip.drafters.adapter import AdapterDrafter
 from layerskip.drafters.length import LENGTH_POLICIES, make_length_policy
 from layerskip.drafters.base import Drafter
+from layerskip.drafters.controller import PayoffController
 from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.errors import LayerskipError, read_json_object
 from layerskip.decoding.exit_criteria import ExitCriterion, make_criterion
@@ -28,6 +29,8 @@ from layerskip.model.config import check_exit_layer
 CRITERION_OPTIONS = ("threshold", "patience", "temperature", "high", "low")
 #: who drafts: the model itself, prompt lookup alone, or the lookup when it matches and the model otherwise
 DRAFTS = ("model", "prompt_lookup", "prompt_lookup+model")
+#: whether a controller may stop drafting for a sequence where drafting does not pay (``layerskip.drafters.controller``)
+DRAFT_CONTROLS = ("none", "payoff")
 #: num_speculations of prompt lookup alone when none is given
 PROMPT_LOOKUP_SPECULATIONS = 10
 
@@ -58,6 +61,8 @@ class DraftConfig:
     #: lookup drafts at most ``floor(factor * m)`` tokens, m the match's backward extent (SuffixDecoding);
     #: None: always the full length
     prompt_lookup_factor: float | None = None
+    #: ``payoff``: per sequence, draft only while drafting rounds emit tokens faster than plain steps
+    draft_control: str = "none"
 
     @property
     def uses_model(self) -> bool:
@@ -202,12 +207,18 @@ def validate(config: DraftConfig, num_layers: int, speculative: bool) -> None:
     factor = config.prompt_lookup_factor
     if factor is not None and (isinstance(factor, bool) or not factor > 0 or config.draft == "model"):
         raise LayerskipError(f"`prompt_lookup_factor` {factor}: needs a number > 0 and `draft` prompt_lookup or prompt_lookup+model")
+    if config.draft_control not in DRAFT_CONTROLS:
+        raise LayerskipError(f"`draft_control` must be one of {', '.join(DRAFT_CONTROLS)}, got {config.draft_control!r}")
+    if config.draft_control != "none" and not speculative:
+        raise LayerskipError(f"`draft_control` {config.draft_control} controls drafting: use `generation_strategy` self_speculative")
     if config.draft == "prompt_lookup" and (config.draft_adapter is not None or config.draft_vocab is not None):
         raise LayerskipError("`draft` prompt_lookup drafts without the model: `draft_adapter` and `draft_vocab` need `draft` model or prompt_lookup+model")
 
 
 def build_drafter(config: DraftConfig, num_layers: int, seed: int = 0) -> Drafter:
     """The drafter a (validated) config describes."""
+    if config.draft_control == "payoff":
+        return PayoffController(build_drafter(replace(config, draft_control="none"), num_layers, seed))
     config = config.with_defaults()
     k = config.num_speculations or 1
     if config.draft != "model":

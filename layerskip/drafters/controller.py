@@ -1,0 +1,141 @@
+"""A per-sequence controller that stops drafting where it does not pay (``draft_control="payoff"``).
+
+A draft pays for a sequence when its rounds emit tokens faster than plain one-token steps would. That
+depends on the text (how much of it the draft predicts) and on the machine (what a draft token costs
+next to a full step), so the controller measures both, per sequence, on the wall clock: a round lasts
+from one ``propose`` to the next (the draft, the verification, the loop's bookkeeping) and emits
+``accepted + 1`` tokens. It keeps a running rate (tokens over seconds, older rounds decayed by ``DECAY``)
+for drafting rounds and for plain rounds (no draft: exactly an autoregressive step).
+
+- The first drafting round after plain ones is not measured: a drafter with state of its own (the draft
+  adapter's cache) catches up there on the tokens it did not see, a cost paid once, not per round.
+- It starts drafting; after ``FIRST_PLAIN`` measured drafting rounds it takes one plain round to learn the
+  plain rate, and another every ``REFRESH`` drafting rounds (the plain rate falls as the context grows).
+- When the drafting rate falls below the plain rate it stops drafting and probes: after ``probe`` plain
+  rounds, two drafting rounds (the first catches up, the second is measured); drafting resumes if the
+  measured one beats the plain rate, else ``probe`` doubles (up to ``MAX_PROBE``).
+
+So a sequence the draft cannot predict runs at plain-step speed plus two drafting rounds every up to
+``MAX_PROBE`` rounds, and one it predicts well pays one plain round in ``REFRESH``. The output is unchanged
+either way: every token is still the verifier's (a round without a draft is an ordinary autoregressive
+step). Decisions follow measured time, so two runs may draft in different rounds; the tokens are the same.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Callable
+
+from layerskip.decoding.types import DecodeState, Draft, DraftReport
+from layerskip.drafters.base import Drafter
+from layerskip.model.decoder import LlamaForCausalLM
+
+DECAY = 0.75
+FIRST_PLAIN = 2
+REFRESH = 24
+MIN_PROBE, MAX_PROBE = 4, 64
+#: drafting must beat the plain rate by this factor to continue (hysteresis against timing noise)
+MARGIN = 1.0
+
+
+class Rate:
+    """Tokens over seconds of recent rounds of one kind, older rounds decayed."""
+
+    def __init__(self) -> None:
+        self.tokens = self.seconds = 0.0
+        self.rounds = 0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens = DECAY * self.tokens + tokens
+        self.seconds = DECAY * self.seconds + seconds
+        self.rounds += 1
+
+    @property
+    def value(self) -> float | None:
+        return self.tokens / self.seconds if self.rounds and self.seconds > 0 else None
+
+
+class PayoffController(Drafter):
+    """``inner``'s drafts in the rounds where drafting pays for this sequence, none in the others
+    (module docstring). ``clock``: seconds (``time.perf_counter``; tests pass their own)."""
+
+    def __init__(self, inner: Drafter, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.inner, self.clock = inner, clock
+        self.max_tokens = inner.max_tokens
+        self.reset()
+
+    def reset(self) -> None:
+        self.inner.reset()
+        self.drafting, self.plain = Rate(), Rate()
+        self.paused, self.probing = False, False
+        self.probe, self.waited, self.since_plain = MIN_PROBE, 0, 0
+        self.plain_rounds = self.probes = 0
+        self._started: float | None = None
+        self._drafts = self._measured = False  # what the round under way does
+        self._tokens = 0
+
+    def bind(self, model: LlamaForCausalLM) -> None:
+        self.inner.bind(model)
+
+    def _account(self, now: float) -> None:
+        """Book the round that ends now, then decide on pausing or resuming after a measured draft."""
+        if self._started is None or not self._measured:
+            return
+        seconds = now - self._started
+        if not self._drafts:
+            self.plain.add(self._tokens, seconds)
+            return
+        if self.probing:  # the probe's measured round alone decides
+            self.probing = False
+            plain = self.plain.value
+            if plain is not None and self._tokens / max(seconds, 1e-9) >= plain * MARGIN:
+                self.paused, self.probe = False, MIN_PROBE
+                self.drafting = Rate()
+                self.drafting.add(self._tokens, seconds)
+            else:
+                self.probe, self.waited = min(2 * self.probe, MAX_PROBE), 0
+            return
+        self.drafting.add(self._tokens, seconds)
+        plain, drafting = self.plain.value, self.drafting.value
+        if plain is not None and drafting is not None and drafting < plain * MARGIN:
+            self.paused, self.waited = True, 0
+
+    def _plan(self) -> tuple[bool, bool]:
+        """(draft this round, measure it)."""
+        after_plain = self._started is None or not self._drafts
+        if self.paused:
+            if self.probing:  # the probe's second round: measured
+                return True, True
+            self.waited += 1
+            if self.waited < self.probe:
+                return False, True
+            self.probing = True
+            self.probes += 1
+            return True, False  # the probe's first round catches up, unmeasured
+        if self.plain.value is None and self.drafting.rounds >= FIRST_PLAIN:
+            return False, True
+        if self.since_plain >= REFRESH:
+            return False, True
+        return True, not after_plain
+
+    def propose(self, state: DecodeState, limit: int) -> Draft:
+        now = self.clock()
+        self._account(now)
+        self._started, self._tokens = now, 0
+        self._drafts, self._measured = self._plan()
+        if not self._drafts:
+            self.plain_rounds += 1
+            self.since_plain = 0
+            return Draft()
+        self.since_plain += 1
+        return self.inner.propose(state, limit)
+
+    def update(self, drafted: int, accepted: int) -> None:
+        self._tokens = accepted + 1
+        if self._drafts:
+            self.inner.update(drafted, accepted)
+
+    def report(self) -> DraftReport:
+        """The inner drafter's report, with the rounds this controller kept plain and its probes."""
+        return replace(self.inner.report(), plain_rounds=self.plain_rounds, probes=self.probes)
