@@ -224,6 +224,15 @@ class LoadedModel:
     tokenizer: object
     recommended: dict[str, Any]
 
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The tokens that end a generation: the checkpoint's end-of-sequence ids and the tokenizer's."""
+        ids = list(self.model.config.eos_token_ids)
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if eos is not None and eos not in ids:
+            ids.append(int(eos))
+        return tuple(ids)
+
 
 def load(model: str | None = None, device: str = "auto", dtype: str = "auto", quantize: str = "none",
          prepare: bool = True, compile: bool = False) -> LoadedModel:

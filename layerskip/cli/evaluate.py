@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load(args.model, args.device, args.dtype, args.quantize, compile=args.compile)
     if args.apply_chat_template:
         require_chat_template(loaded.tokenizer)
-    config = generation_config(args, loaded.model, loaded.tokenizer)
+    config = generation_config(args, loaded)
     lm = LayerskipLM(loaded, strategy(args, loaded.recommended), config,
                      batch_size=args.batch_size, max_batch_size=args.max_batch_size, max_length=args.max_length,
                      seed=args.seed, progress=not args.no_progress)

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         require_chat_template(tokenizer)  # before an interactive session starts, not at its first prompt
     conversation = Conversation(tokenizer, args.system) if args.chat else None
     decoding = strategy(args, loaded.recommended).decoding(model.num_layers, args.seed)
-    config = generation_config(args, model, tokenizer)
+    config = generation_config(args, loaded)
 
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=True)

@@ -67,7 +67,7 @@ def prepare(args: argparse.Namespace) -> Harness:
     if args.apply_chat_template:
         require_chat_template(loaded.tokenizer)
     chat = args.apply_chat_template or (args.dataset == "spec_bench" and bool(getattr(loaded.tokenizer, "chat_template", None)))
-    config = generation_config(args, loaded.model, loaded.tokenizer)
+    config = generation_config(args, loaded)
     harness = Harness(loaded, samples, config, world, {"layerskip": LayerskipEngine(loaded, args.seed)}, chat)
     # every conversation at its longest (each earlier answer max_steps tokens), before any generation
     longest = max((len(harness.encode_turns(s.turns, [""] * (len(s.turns) - 1))) + (len(s.turns) - 1) * config.max_steps

@@ -7,27 +7,19 @@ import argparse
 from layerskip.drafters.config import DraftConfig, load_draft_config, parse_skip_layers
 from layerskip.errors import LayerskipError
 from layerskip.decoding.loop import GenerationConfig
-from layerskip.model.decoder import LlamaForCausalLM
+from layerskip.checkpoints.loading import LoadedModel
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.strategy import Strategy
 
 
-def model_eos_ids(model: LlamaForCausalLM, tokenizer: object) -> tuple[int, ...]:
-    ids = list(model.config.eos_token_ids)
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is not None and eos not in ids:
-        ids.append(int(eos))
-    return tuple(ids)
-
-
-def generation_config(args: argparse.Namespace, model: LlamaForCausalLM, tokenizer: object) -> GenerationConfig:
-    """The generation settings of the flags for ``model``: its stop tokens plus ``--stop_token_ids``
+def generation_config(args: argparse.Namespace, loaded: LoadedModel) -> GenerationConfig:
+    """The generation settings of the flags for a loaded model: its stop tokens plus ``--stop_token_ids``
     (each checked against its vocabulary)."""
-    vocab = model.config.vocab_size
+    vocab = loaded.model.config.vocab_size
     outside = [i for i in args.stop_token_ids or [] if not 0 <= i < vocab]
     if outside:
         raise LayerskipError(f"--stop_token_ids {outside[0]} is outside the vocabulary 0..{vocab - 1}")
-    eos_ids = model_eos_ids(model, tokenizer)
+    eos_ids = loaded.eos_token_ids
     try:
         sampling = SamplingConfig(
             sample=args.sample,

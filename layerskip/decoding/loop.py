@@ -82,6 +82,8 @@ class GenerationStats:
     mean_tokens_per_verification: float | None = None
     draft_forwards: int = 0
     verify_forwards: int = 0
+    #: verifications that checked a draft (vLLM's ``num_drafts``)
+    draft_rounds: int = 0
     exit_layer: int | None = None
     mean_exit_layer: float | None = None
     exit_layer_histogram: dict[int, int] | None = None
@@ -232,6 +234,7 @@ def generate(
             verdict = verify(state, draft, depth)
         stats.draft_forwards += draft.forwards
         stats.verify_forwards += 1
+        stats.draft_rounds += len(draft) > 0
         stats.drafted_tokens += len(draft)
         stats.accepted_tokens += verdict.accepted
         if drafter:
