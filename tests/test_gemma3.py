@@ -1,7 +1,7 @@
 """Gemma 3's text decoder against transformers' ``Gemma3ForCausalLM`` on a tiny random checkpoint whose
 sliding window (8) is shorter than the prompts, with local and global layers mixed: float32 logits
 (with and without the KV cache, prepared kernels included), early exits, greedy ``generate`` token
-for token, self-speculative decoding equal to autoregressive; the config layouts, the kernel policy
+for token, self-speculative decoding (fixed and dynamic exits, skipped sublayers) equal to autoregressive; the config layouts, the kernel policy
 and the refusals."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import torch
 from helpers import assert_one_line_error, make_gemma3_checkpoint, run_cli
 
 from layerskip.checkpoints.loading import load, load_model, text_decoder_weights
-from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.decoding.loop import Decoding, GenerationConfig, generate
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.strategy import Strategy
+from layerskip.drafters.config import DraftConfig, build_drafter
 from layerskip.errors import LayerskipError
 from layerskip.kernels import policy
 from layerskip.kernels.linear import prepare_for_inference
@@ -99,6 +100,16 @@ def test_self_speculative_equals_autoregressive(prepared) -> None:
         result = generate(prepared, prompt, GREEDY, decoding)
         assert result.token_ids == generate(prepared, prompt, GREEDY).token_ids
         assert result.stats.draft_forwards > 0
+
+
+@pytest.mark.parametrize("draft", [
+    DraftConfig(exit_layer=3, num_speculations=4, criteria="top2_margin", threshold=0.05),  # exits + state propagation
+    DraftConfig(num_speculations=3, skip_attn=(1,), skip_mlp=(2,)),  # a global layer's attention skipped
+])
+def test_dynamic_exits_and_skipped_sublayers_stay_exact(prepared, draft) -> None:
+    for prompt in PROMPTS:
+        got = generate(prepared, prompt, GREEDY, Decoding(build_drafter(draft, prepared.num_layers)))
+        assert got.token_ids == generate(prepared, prompt, GREEDY).token_ids
 
 
 @torch.inference_mode()
