@@ -30,7 +30,7 @@ class AttentionBlock:
         qkv, o = attn.qkv_proj.inner, attn.o_proj
         self.norm_weight, self.eps = norm.weight, norm.eps
         self.qkv, self.qkv_bias, self.o, self.o_bias = qkv.packed, qkv.bias, o.packed, o.bias
-        self.n_heads, self.scale = attn.n_heads, attn.head_dim**-0.5
+        self.n_heads, self.scale = attn.n_heads, attn.scale
 
     def __call__(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
                  values: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.attention_bias)
         self.qkv_proj: nn.Module | None = None  # set by layerskip.kernels.linear.prepare_for_inference
+        #: the attention logits' scale (Gemma 3: ``query_pre_attn_scalar ** -0.5``)
+        self.scale = self.head_dim**-0.5
         # attend up to this many query tokens over a KV cache with torch.ops.layerskip.cached_attention
         # (layerskip.kernels.native; set by prepare_for_inference where it is built), more with PyTorch's SDPA
         self.native_queries = 0
@@ -103,7 +105,8 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """x ``[batch, T, dim]`` -> ``[batch, T, dim]``; K/V written to ``cache`` at ``slots`` ``[T]``,
-        attention over its whole buffer under ``mask`` ``[batch, 1, T, capacity]``."""
+        attention over its whole buffer under ``mask`` ``[batch, 1, T, capacity]`` (the layer type's: a
+        local layer's hides what lies outside its window)."""
         b, t, _ = x.shape
         q, k, v = self.rotated_qkv(x, cos, sin)
         if cache is not None:
@@ -112,10 +115,11 @@ class Attention(nn.Module):
         else:
             causal = mask is None and t > 1
         if cache is not None and t <= self.native_queries:
-            out = torch.ops.layerskip.cached_attention(q.transpose(1, 2), k, v, mask, self.head_dim**-0.5)
+            out = torch.ops.layerskip.cached_attention(q.transpose(1, 2), k, v, mask, self.scale)
         else:
             gqa = self.n_heads != self.n_kv
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa).transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale,
+                                                 enable_gqa=gqa).transpose(1, 2)
         return self.o_proj(out.reshape(b, t, self.n_heads * self.head_dim).to(x.dtype))
 
 

@@ -70,31 +70,6 @@ class Gemma3Attention(Attention):
         k = apply_rotary(self.k_norm(qk[:, :, self.n_heads :]).to(cos.dtype), cos, sin).transpose(1, 2)
         return q, k, v.to(cos.dtype).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        layer: int,
-        cache: KVCache | None,
-        slots: torch.Tensor | None,
-        mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """x ``[batch, T, dim]`` -> ``[batch, T, dim]``; K/V written to ``cache`` at ``slots`` ``[T]``,
-        attention over its whole buffer under ``mask`` ``[batch, 1, T, capacity]`` (this layer type's:
-        local layers' hides what lies outside the window)."""
-        b, t, _ = x.shape
-        q, k, v = self.rotated_qkv(x, cos, sin)
-        if cache is not None:
-            k, v = cache.write(layer, slots, k, v)
-        if cache is not None and t <= self.native_queries:
-            out = torch.ops.layerskip.cached_attention(q.transpose(1, 2), k, v, mask, self.scale)
-        else:
-            causal = cache is None and mask is None and t > 1
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale,
-                                                 enable_gqa=self.n_heads != self.n_kv).transpose(1, 2)
-        return self.o_proj(out.reshape(b, t, self.n_heads * self.head_dim).to(x.dtype))
-
 
 class Gemma3MLP(MLP):
     """``down(gelu_tanh(gate(x)) * up(x))``."""
