@@ -52,6 +52,9 @@ def test_options_are_keyword_arguments_spelled_like_the_flags(tiny_dir) -> None:
     assert llm.strategy.speculative and llm.strategy.draft.draft_control == "payoff"
     out = llm.generate([1, 5, 9, 5, 9], SamplingParams(temperature=0.0, max_tokens=12))[0].outputs[0]
     assert len(out.token_ids) == 12 and out.finish_reason == "length"
+    skipping = LLM(str(tiny_dir), dtype="float32", generation_strategy="self_speculative", num_speculations=2,
+                   skip_layers='{"attn": [1], "mlp": [2]}')
+    assert (skipping.strategy.draft.skip_attn, skipping.strategy.draft.skip_mlp) == ((1,), (2,))
     with pytest.raises(TypeError, match="unexpected keyword argument.*exit_layers"):
         LLM(str(tiny_dir), exit_layers=2)
     with pytest.raises(LayerskipError, match="`exit_layer` 9 outside 1..3"):

@@ -63,19 +63,18 @@ class LLM:
     def _strategy(self, name: str | None, draft: dict[str, Any]) -> Strategy:
         """The strategy of the keyword arguments over the checkpoint's recommendation."""
         recommended = self.loaded.recommended
+        config_file, skip_layers = draft.pop("draft_config", None), draft.pop("skip_layers", None)
         if name is None:
             wants_draft = draft.get("draft") not in (None, "model") or draft.get("exit_layer") is not None
             complete = bool(recommended) and DraftConfig.from_dict(recommended, "the model's recommended setting").is_complete
             name = "self_speculative" if complete or wants_draft else "autoregressive"
-        if draft.get("draft_config"):
-            base = load_draft_config(draft.pop("draft_config"))
+        if config_file:
+            base = load_draft_config(config_file)
         elif name == "self_speculative" and recommended:
             base = DraftConfig.from_dict(recommended, "the model's recommended setting")
         else:
             base = DraftConfig()
-        draft.pop("draft_config", None)
-        skips = parse_skip_layers(draft.pop("skip_layers")) if draft.get("skip_layers") else {}
-        draft.pop("skip_layers", None)
+        skips = parse_skip_layers(skip_layers) if skip_layers else {}
         return Strategy("layerskip", name, base.merged(**draft, **skips))
 
     def decode(self, token_ids: Sequence[int]) -> str:
