@@ -160,7 +160,9 @@ def test_rebuild_replaces_an_existing_build(tmp_path, monkeypatch) -> None:
     native.ensure_built(build)
     native.ensure_built(build)
     assert len(calls) == 1
-    native.ensure_built(build, rebuild=True)
+    native.remove(build)
+    assert not build.directory.exists()
+    native.ensure_built(build)
     assert len(calls) == 2 and build.library.is_file()
 
 
@@ -176,3 +178,34 @@ def test_the_key_follows_what_makes_the_binary(monkeypatch) -> None:
     monkeypatch.undo()
     monkeypatch.setattr(sys, "executable", "/elsewhere/bin/python")
     assert native.build_key("c++", flags) == key  # not the environment's path
+
+
+@pytest.mark.skipif(not policy.probe().native_isa, reason="no AVX-512 BF16: nothing to rebuild")
+def test_env_rebuild_builds_once_even_when_the_build_fails(tmp_path, monkeypatch, capsys) -> None:
+    """``layerskip env --rebuild True``: the old build is dropped and one build runs; a failure is its
+    answer for the process (no second attempt when the decisions are printed)."""
+    calls: list[Path] = []
+
+    def failing(directory: Path) -> None:
+        calls.append(directory)
+        raise BuildError("building layerskip/csrc failed: x.cpp:1:1: error: nope")
+
+    stale = native.current_build(policy.probe().cpu_flags)
+    monkeypatch.setenv("LAYERSKIP_KERNELS", str(tmp_path))
+    monkeypatch.delenv("LAYERSKIP_NATIVE", raising=False)
+    monkeypatch.setattr(native, "_compile", failing)
+    monkeypatch.setattr(policy, "cpu_compiler_problem", lambda: None)
+    monkeypatch.setattr(native, "ninja", lambda: True)
+    policy._native_kernels_problem.cache_clear()
+    try:
+        old = tmp_path / stale.key
+        old.mkdir()
+        (old / f"{native.LIBRARY}.so").write_bytes(b"old")
+        problem = policy.rebuild_native_kernels()
+        assert problem == "building layerskip/csrc failed: x.cpp:1:1: error: nope" and not old.exists()
+        assert policy.native_kernels_problem() == problem and len(calls) == 1
+        assert capsys.readouterr().err.count("native CPU kernels unavailable") == 1
+    finally:
+        monkeypatch.undo()
+        policy._native_kernels_problem.cache_clear()
+    policy.native_kernels_problem()  # this machine's own answer again, for the tests after this one

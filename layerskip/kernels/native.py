@@ -30,6 +30,7 @@ The build, and why it cannot hang or collide:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -41,6 +42,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -186,23 +188,34 @@ def _locked(lock_path: Path, wait_s: float):
             time.sleep(0.2)
 
 
-def ensure_built(build: Build, rebuild: bool = False, wait_s: float | None = None) -> None:
+def ensure_built(build: Build, wait_s: float | None = None) -> None:
     """Make ``build.library`` exist: built here under the lock, or by the process that held it.
-    ``rebuild``: replace an existing build. Raises ``BuildError`` (one line) when it cannot."""
-    if build.library.is_file() and not rebuild:
+    Raises ``BuildError`` (one line) when it cannot."""
+    if build.library.is_file():
         return
-    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
-    handle = _locked(build.lock, wait_s)
-    if handle is None:
-        raise BuildError(f"another process has been building them for over {wait_s:.0f} s ({build.lock})")
-    try:
-        if rebuild and build.directory.exists():
-            shutil.rmtree(build.directory)
+    with _held(build, wait_s):
         if build.library.is_file():
             return  # built by the process we waited for
         status("layerskip: building layerskip's CPU kernels for this machine, once: ~20 s "
                f"(into {build.directory})")
         build_directory(build.directory, _compile)
+
+
+def remove(build: Build, wait_s: float | None = None) -> None:
+    """Delete ``build`` (under the lock: never under a builder's feet), so the next load builds afresh."""
+    with _held(build, wait_s):
+        shutil.rmtree(build.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _held(build: Build, wait_s: float | None) -> Iterator[None]:
+    """``build``'s lock held for the block, else ``BuildError`` after ``wait_s`` (default ``LOCK_WAIT_S``)."""
+    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
+    handle = _locked(build.lock, wait_s)
+    if handle is None:
+        raise BuildError(f"another process has been building them for over {wait_s:.0f} s ({build.lock})")
+    try:
+        yield
     finally:
         handle.close()
 
@@ -226,15 +239,6 @@ def _register_fakes() -> None:
     """The ops' output shapes for ``torch.compile``'s tracing (once per process)."""
     torch.library.register_fake("layerskip::bf16_linear")(_bf16_linear_shape)
     torch.library.register_fake("layerskip::cached_attention")(_cached_attention_shape)
-
-
-def rebuild(build: Build) -> str | None:
-    """Build the kernels of ``build`` afresh (replacing what is there); why not (None: built)."""
-    try:
-        ensure_built(build, rebuild=True)
-    except BuildError as error:
-        return str(error)
-    return None
 
 
 def ninja() -> bool:

@@ -152,13 +152,16 @@ def native_kernels() -> bool:
 
 
 def rebuild_native_kernels() -> str | None:
-    """Build the native kernels afresh (replacing this machine's build) and load them; why not (None:
-    built and loaded). A process that loaded them before keeps that build until it ends."""
+    """Drop this machine's build of the native kernels, then build and load them as on first use; why
+    not (None: built and loaded). Call it before anything in this process loads them (``layerskip env
+    --rebuild True`` does): a process keeps the kernels it loaded until it ends."""
     caps = probe()
-    if not caps.native_isa or cpu_compiler_problem() or not native.ninja():
-        return native_kernels_problem()
-    problem = native.rebuild(native.current_build(caps.cpu_flags))
-    return problem or native_kernels_problem()
+    if caps.native_isa and not _native_kernels_problem.cache_info().currsize:
+        try:
+            native.remove(native.current_build(caps.cpu_flags))
+        except native.BuildError as error:
+            return str(error)
+    return native_kernels_problem()
 
 
 def check_kernel(requested: str) -> str:
