@@ -7,9 +7,16 @@ T = 2..9 tokens relative to one token (the figure that decides self-speculative 
 cost of a one-token draft step (layers 0..E-1 + the LM head) at each exit layer E relative to a full
 step. Every figure is the minimum over ``--repeats`` timings; prints a table and writes JSON.
 
+``--batch_sizes 1 2 4 8 16`` adds, per kernel and batch size B, the bytes one step of B rows reads
+(the weights once, whatever B, plus the KV cache of B rows at ``--context`` cached tokens), the bound
+in steps/s and in aggregate tokens/s (B tokens a step), the measured one-token step of B rows, its
+aggregate tokens/s and fraction of the bound, and the verification of T = 2..9 tokens a row relative
+to that step (JSON key ``batch``). Without it the output is the single-row figures alone, as before.
+
     python benchmarks/roofline.py --model DIR --dtype float32 --out roofline.json
     python benchmarks/roofline.py --model DIR --dtype bfloat16 --quantize int8
     python benchmarks/roofline.py --model DIR --dtype bfloat16 --kernels streamed packed compiled --exits 4
+    python benchmarks/roofline.py --model DIR --dtype bfloat16 --batch_sizes 1 2 4 8 16
 """
 
 from __future__ import annotations
@@ -70,14 +77,24 @@ def weight_bytes(model: LlamaForCausalLM) -> int:
     return sum(seen.values())
 
 
+def kv_bytes(model: LlamaForCausalLM, batch: int, context: int) -> int:
+    """Bytes of keys and values of ``batch`` rows of ``context`` cached tokens each, every layer, in
+    the cache's dtype (``model.attention_dtype``): what the attention of one step reads."""
+    c = model.config
+    per_token = c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * model.attention_dtype.itemsize
+    return batch * context * per_token
+
+
 @torch.no_grad()
-def step_time(model: LlamaForCausalLM, tokens: int, last: int, context: int, repeats: int, inner: int) -> float:
-    """Seconds of one step of ``tokens`` new tokens through layers ``0..last-1`` and the LM head,
-    after ``context`` cached tokens (the cache is rolled back after each call)."""
-    cache = KVCache(model.config, 1, context + tokens, model.device, model.attention_dtype)
-    ids = torch.zeros(1, context, dtype=torch.long, device=model.device)
+def step_time(model: LlamaForCausalLM, tokens: int, last: int, context: int, repeats: int, inner: int,
+              batch: int = 1) -> float:
+    """Seconds of one step of ``tokens`` new tokens in each of ``batch`` rows (hidden ``[batch, tokens,
+    dim]``, one start slot for every row) through layers ``0..last-1`` and the LM head, after
+    ``context`` cached tokens a row (the cache is rolled back after each call)."""
+    cache = KVCache(model.config, batch, context + tokens, model.device, model.attention_dtype)
+    ids = torch.zeros(batch, context, dtype=torch.long, device=model.device)
     model.run_layers(model.embed(ids), 0, model.num_layers, cache, 0)
-    new = torch.ones(1, tokens, dtype=torch.long, device=model.device)
+    new = torch.ones(batch, tokens, dtype=torch.long, device=model.device)
 
     def step() -> None:
         model.unembed(model.run_layers(model.embed(new), 0, last, cache, context))
@@ -103,6 +120,51 @@ def roofline(model: LlamaForCausalLM, bandwidth: float, repeats: int, inner: int
         "verify_relative": {str(t): r for t, r in verify.items()},
         "draft_relative": {str(e): r for e, r in draft.items()},
     }
+
+
+def batch_roofline(model: LlamaForCausalLM, bandwidth: float, batch_sizes: list[int], repeats: int, inner: int,
+                   context: int, verify_tokens: range | list[int] = range(2, 10)) -> dict:
+    """Per batch size B (keys ``str(B)``): bytes a one-token step of B rows reads (weights once plus
+    the KV cache of B rows at ``context`` tokens), the bandwidth bound in steps/s and aggregate
+    tokens/s, the measured step, its aggregate tokens/s and fraction of the bound, and the step of
+    T = ``verify_tokens`` tokens a row relative to the one-token step at the same B."""
+    weights = weight_bytes(model)
+    out = {}
+    for b in batch_sizes:
+        kv = kv_bytes(model, b, context)
+        nbytes = weights + kv
+        bound_steps = bandwidth / nbytes
+        one = step_time(model, 1, model.num_layers, context, repeats, inner, batch=b)
+        verify = {t: step_time(model, t, model.num_layers, context, repeats, inner, batch=b) / one
+                  for t in verify_tokens}
+        out[str(b)] = {
+            "batch_size": b,
+            "weight_bytes": weights,
+            "kv_bytes": kv,
+            "bytes_per_step": nbytes,
+            "bound_steps_per_s": bound_steps,
+            "bound_tokens_per_s": b * bound_steps,
+            "step_s": one,
+            "tokens_per_s": b / one,
+            "fraction_of_bound": (1 / one) / bound_steps,
+            "verify_relative": {str(t): r for t, r in verify.items()},
+        }
+    return out
+
+
+def batch_table(rows: dict, kernel: str, context: int) -> str:
+    """The ``batch_roofline`` record as a table, one row per batch size."""
+    first = next(iter(rows.values()))
+    ts = list(first["verify_relative"])
+    lines = [f"kernel {kernel}, batch of B rows, {context} cached tokens a row "
+             f"(weights {first['weight_bytes'] / 1e6:.1f} MB once a step + KV cache)",
+             f"{'B':>3} {'MB/step':>8} {'bound tok/s':>11} {'ms/step':>8} {'tok/s':>8} {'% bound':>7}  "
+             + " ".join(f"{'T=' + t:>5}" for t in ts)]
+    for r in rows.values():
+        lines.append(f"{r['batch_size']:>3} {r['bytes_per_step'] / 1e6:8.1f} {r['bound_tokens_per_s']:11.1f} "
+                     f"{r['step_s'] * 1e3:8.2f} {r['tokens_per_s']:8.1f} {100 * r['fraction_of_bound']:7.0f}  "
+                     + " ".join(f"{r['verify_relative'][t]:5.2f}" for t in ts))
+    return "\n".join(lines)
 
 
 def table(record: dict, kernel: str) -> str:
@@ -136,11 +198,15 @@ def main(argv: list[str] | None = None) -> dict:
                              "(layerskip.kernels.compiled, --compile)")
     parser.add_argument("--exits", type=int, nargs="+", default=None,
                         help="exit layers of the draft-step figures (default: all; each is one more compile for 'compiled')")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=None,
+                        help="batch sizes of the batched figures (JSON key 'batch'; default: 1 row only, the "
+                             "single-row figures as before, no batched table)")
     parser.add_argument("--out", default="roofline.json")
     args = parser.parse_args(argv)
     loaded = load(args.model or str(default_model_path()), args.device, args.dtype, args.quantize, prepare=False)
     bandwidth = read_bandwidth(args.bandwidth_mib, args.repeats)
     results = {}
+    batch = {}
     for kernel in args.kernels:
         model = load_model(loaded.path, loaded.model.device, loaded.model.dtype)
         prepare_for_inference(model, args.quantize, "auto" if kernel == "compiled" else kernel,
@@ -148,6 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
         if kernel == "compiled":
             compile_layers(model)
         results[kernel] = roofline(model, bandwidth, args.repeats, args.inner, args.context, args.exits)
+        if args.batch_sizes:
+            batch[kernel] = batch_roofline(model, bandwidth, args.batch_sizes, args.repeats, args.inner, args.context)
         del model
     record = {
         "model": str(loaded.path),
@@ -157,11 +225,16 @@ def main(argv: list[str] | None = None) -> dict:
         "bandwidth_bytes_per_s": bandwidth,
         "results": results,
     }
+    if args.batch_sizes:
+        record["context"] = args.context
+        record["batch"] = batch
     print("\n\n".join(table(record, kernel) for kernel in args.kernels))
     if len(args.kernels) == 2:
         a, b = (results[k] for k in args.kernels)
         print(f"\n{args.kernels[0]} vs {args.kernels[1]}: 1-token step {b['step_s'] / a['step_s']:.2f}x faster, "
               f"verify T=5 / 1 {a['verify_relative']['5']:.2f} vs {b['verify_relative']['5']:.2f}")
+    if args.batch_sizes:
+        print("\n" + "\n\n".join(batch_table(batch[kernel], kernel, args.context) for kernel in args.kernels))
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
