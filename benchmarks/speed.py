@@ -39,7 +39,7 @@ from layerskip.evaluation.datasets import Sample, load_samples
 from layerskip.evaluation.engines import LayerskipEngine
 from layerskip.evaluation.records import SampleLog
 from layerskip.evaluation.runner import aggregate, run_interleaved
-from layerskip.decoding.loop import GenerationConfig
+from layerskip.decoding.settings import GenerationConfig
 from layerskip.checkpoints.loading import default_model_path, load, load_tokenizer
 from layerskip.model.decoder import LlamaForCausalLM
 from layerskip.decoding.sampling import SamplingConfig

@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.decoding.settings import GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.checkpoints.loading import load
 from layerskip.kernels.policy import probe
 from layerskip.decoding.sampling import SamplingConfig

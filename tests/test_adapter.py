@@ -18,7 +18,8 @@ from layerskip.cli import main
 from layerskip.drafters.draft_head import DraftHead, draft_subset, frequency_ranking, load_ranking, save_ranking
 from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.errors import LayerskipError
-from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.decoding.settings import Decoding, GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.checkpoints.loading import load_model
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.training.adapter_objective import soft_target_loss, vocabulary_index

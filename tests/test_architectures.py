@@ -12,7 +12,8 @@ from helpers import make_tokenizer
 
 from layerskip.cli import main
 from layerskip.errors import LayerskipError
-from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.decoding.settings import GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.decoding.limits import check_fits
 from layerskip.checkpoints.loading import load, load_model
 from layerskip.decoding.sampling import SamplingConfig

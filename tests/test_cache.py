@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from layerskip.model.cache import KVCache
-from layerskip.decoding.types import DecodeState
+from layerskip.decoding.types import DecodeBatch, Row
 from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.verification import verify
@@ -24,16 +24,37 @@ def test_write_returns_the_whole_buffer_and_overflow_is_an_error(tiny_model):
         cache.slots(-1, 2)
 
 
-def test_mask_and_positions_follow_each_rows_padding(tiny_model):
-    """Row b's token at slot s has position s - pad[b] and sees key slots pad[b]..s; a padding
-    query sees 0..s (its output is never used, but stays finite)."""
-    cache = KVCache(tiny_model.config, 2, 5, "cpu", torch.float32, pad=torch.tensor([0, 2]))
-    slots = cache.slots(1, 3)  # slots 1, 2, 3
-    assert cache.positions(slots).tolist() == [[1, 2, 3], [0, 0, 1]]
+def test_per_row_starts_give_each_row_its_own_slots_positions_and_mask(tiny_model):
+    """Rows at different lengths: row b's T tokens sit at slots start[b].. (= positions), each sees key
+    slots 0..its own slot, and a write lands in each row's own slots."""
+    cache = KVCache(tiny_model.config, 2, 6, "cpu", torch.float32)
+    slots = cache.slots([1, 3], 2)
+    assert slots.tolist() == [[1, 2], [3, 4]] and cache.positions(slots).tolist() == [[1, 2], [3, 4]]
     mask = cache.mask(slots)
-    assert mask.shape == (2, 1, 3, 5)
-    assert mask[0, 0].int().tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]]
-    assert mask[1, 0].int().tolist() == [[1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0]]
+    assert mask.shape == (2, 1, 2, 6)
+    assert mask[0, 0].int().tolist() == [[1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]]
+    assert mask[1, 0].int().tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]]
+    k = torch.arange(2 * 2 * 2 * tiny_model.config.head_dim, dtype=torch.float32).view(2, 2, 2, -1) + 1
+    keys, _ = cache.write(0, slots, k, k)
+    assert torch.equal(keys[0, :, 1:3], k[0]) and torch.equal(keys[1, :, 3:5], k[1])
+    assert not keys[0, :, 3:].any() and not keys[1, :, :3].any()
+    with pytest.raises(ValueError):
+        cache.slots([1, 5], 2)  # row 1 would overflow
+    shared = cache.slots(2, 3)
+    assert shared.tolist() == [2, 3, 4] and cache.positions(shared).tolist() == [[2, 3, 4]] * 2
+
+
+def test_narrow_views_share_storage_and_move_row_copies(tiny_model):
+    cache = KVCache(tiny_model.config, 3, 4, "cpu", torch.float32)
+    view = cache.narrow(1, 2)
+    assert view.batch_size == 2 and view.root is cache and cache.narrow(1, 2) is view and cache.narrow(0, 3) is cache
+    assert view.narrow(1, 1).first_row == 2
+    view.keys[0][1] = 5.0  # row 2 of the root
+    assert (cache.keys[0][2] == 5.0).all() and not cache.keys[0][:2].any()
+    cache.move_row(2, 0, 3)
+    assert (cache.keys[0][0, :, :3] == 5.0).all() and not cache.keys[0][0, :, 3:].any()
+    with pytest.raises(ValueError):
+        cache.narrow(2, 2)
 
 
 def test_rollback_then_overwrite_matches_a_fresh_cache(tiny_model):
@@ -68,10 +89,11 @@ def test_verification_reuses_draft_states(tiny_model):
     with torch.no_grad():
         cache = KVCache(model.config, 1, 32, "cpu", torch.float32)
         model(torch.tensor([prompt[:-1]]), cache, 0)
-        state = DecodeState(model, cache, list(prompt), 5, SamplingConfig(sample=False), None, frozenset())
+        row = Row(list(prompt), 5, SamplingConfig(sample=False), None, frozenset())
+        batch = DecodeBatch(model, cache, [row])
         drafter = EarlyExitDrafter(2, 4)
-        draft = drafter.propose(state, 10)
-        assert len(draft) == 4 and draft.exit_hidden.shape == (1, 4, model.config.hidden_size)
+        draft = drafter.propose(batch, [10], [drafter.new_state()])
+        assert len(draft.tokens[0]) == 4 and draft.exit_hidden.shape == (1, 4, model.config.hidden_size)
         calls = []
         original = model.run_layers
 
@@ -81,10 +103,10 @@ def test_verification_reuses_draft_states(tiny_model):
 
         model.run_layers = spy
         try:
-            verdict = verify(state, draft, model.num_layers)
+            verdict, = verify(batch, draft, model.num_layers)
         finally:
             del model.run_layers
         assert calls == [(1, 0, 2), (5, 2, model.num_layers)]
-        full = model(torch.tensor([prompt + draft.tokens]))[0, -5:].argmax(-1).tolist()
+        full = model(torch.tensor([prompt + draft.tokens[0]]))[0, -5:].argmax(-1).tolist()
     n = verdict.accepted
-    assert verdict.tokens == draft.tokens[:n] + [full[n]]
+    assert verdict.tokens == draft.tokens[0][:n] + [full[n]]

@@ -11,7 +11,8 @@ from layerskip.kernels.compiled import compile_layers
 from layerskip.kernels.policy import compile_problem
 from layerskip.drafters.config import DraftConfig
 from layerskip.kernels.linear import prepare_for_inference
-from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.decoding.settings import GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.checkpoints.loading import load_model
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.strategy import Strategy

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.decoding.settings import GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.strategy import Strategy
 from layerskip.decoding.types import Draft
@@ -31,42 +32,50 @@ class FixedDrafter(Drafter):
     def __init__(self) -> None:
         self.proposed = self.updates = 0
 
-    def propose(self, state, limit) -> Draft:
+    def propose(self, batch, limits, states) -> Draft:
         self.proposed += 1
-        return Draft(tokens=[7, 7, 7])
+        return Draft(tokens=[[7, 7, 7]], probs=[None])
+
+
+class OneRow:
+    """A batch of one row, as far as the controller looks (its length)."""
+
+    def __len__(self) -> int:
+        return 1
 
 
 def drive(rounds: int, accepted: int, draft_seconds: float, plain_seconds: float = 1.0,
-          catch_up_seconds: float = 0.0) -> tuple[control.PayoffController, list[bool]]:
+          catch_up_seconds: float = 0.0) -> tuple[control.PayoffController, control.PayoffState, list[bool]]:
     """Run ``rounds`` rounds: a drafting round takes ``draft_seconds`` (plus ``catch_up_seconds`` after a
     plain round) and gets ``accepted`` of 3 drafts accepted; a plain round takes ``plain_seconds``."""
     clock, inner = Clock(), FixedDrafter()
     ctl = control.PayoffController(inner, clock)
+    state = ctl.new_state()
     kinds: list[bool] = []
     previous_plain = True
     for _ in range(rounds):
-        draft = ctl.propose(None, 100)
-        drafted = len(draft) > 0
+        draft = ctl.propose(OneRow(), [100], [state])
+        drafted = len(draft.tokens[0]) > 0
         kinds.append(drafted)
         clock.now += (draft_seconds + (catch_up_seconds if previous_plain else 0.0)) if drafted else plain_seconds
-        ctl.update(len(draft), accepted if drafted else 0)
+        ctl.update(state, len(draft.tokens[0]), accepted if drafted else 0)
         previous_plain = not drafted
-    return ctl, kinds
+    return ctl, state, kinds
 
 
 def test_a_draft_that_does_not_pay_is_stopped_and_probed_ever_more_rarely() -> None:
-    ctl, kinds = drive(400, accepted=0, draft_seconds=1.5)
-    assert ctl.paused and not any(kinds[40:60])  # stopped
+    ctl, state, kinds = drive(400, accepted=0, draft_seconds=1.5)
+    assert state.paused and not any(kinds[40:60])  # stopped
     assert sum(kinds) < 0.1 * len(kinds)  # nearly all rounds plain
     starts = [i for i in range(1, len(kinds)) if kinds[i] and not kinds[i - 1]]
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert gaps == sorted(gaps) and gaps[-1] >= control.MAX_PROBE  # probes back off, up to MAX_PROBE
-    assert ctl.report().plain_rounds == len(kinds) - sum(kinds) and ctl.report().probes == len(starts) - 1
+    assert ctl.report(state).plain_rounds == len(kinds) - sum(kinds) and ctl.report(state).probes == len(starts) - 1
 
 
 def test_a_draft_that_pays_keeps_drafting_with_a_plain_round_now_and_then() -> None:
-    ctl, kinds = drive(200, accepted=3, draft_seconds=1.5)
-    assert not ctl.paused
+    ctl, state, kinds = drive(200, accepted=3, draft_seconds=1.5)
+    assert not state.paused
     plain = [i for i, k in enumerate(kinds) if not k]
     assert plain[0] == control.FIRST_PLAIN + 1  # one unmeasured first round, FIRST_PLAIN measured, then plain
     assert len(plain) <= 2 + len(kinds) // control.REFRESH
@@ -75,21 +84,22 @@ def test_a_draft_that_pays_keeps_drafting_with_a_plain_round_now_and_then() -> N
 def test_the_catch_up_round_after_plain_steps_is_not_held_against_the_draft() -> None:
     """A draft that pays in steady state but whose first round after plain steps is slow (an adapter
     catching up) is not paused by that round."""
-    ctl, kinds = drive(200, accepted=3, draft_seconds=1.5, catch_up_seconds=20.0)
-    assert not ctl.paused and sum(kinds) > 0.9 * len(kinds)
+    ctl, state, kinds = drive(200, accepted=3, draft_seconds=1.5, catch_up_seconds=20.0)
+    assert not state.paused and sum(kinds) > 0.9 * len(kinds)
 
 
 def test_a_sequence_that_starts_paying_resumes_drafting() -> None:
     clock, inner = Clock(), FixedDrafter()
     ctl = control.PayoffController(inner, clock)
+    state = ctl.new_state()
     for round_ in range(300):
-        draft = ctl.propose(None, 100)
+        drafted = len(ctl.propose(OneRow(), [100], [state]).tokens[0])
         pays = round_ >= 100
-        clock.now += (1.5 if len(draft) else 1.0)
-        ctl.update(len(draft), (3 if pays else 0) if len(draft) else 0)
+        clock.now += (1.5 if drafted else 1.0)
+        ctl.update(state, drafted, (3 if pays else 0) if drafted else 0)
         if round_ == 99:
-            assert ctl.paused
-    assert not ctl.paused
+            assert state.paused
+    assert not state.paused
 
 
 def test_the_controlled_output_is_the_autoregressive_output(tiny_model) -> None:

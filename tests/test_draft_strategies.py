@@ -13,10 +13,11 @@ import torch
 from layerskip.model.cache import KVCache
 from layerskip.drafters.config import DraftConfig, build_drafter, load_draft_config
 from layerskip.drafters.length import ConfidenceThreshold, HeuristicLength
-from layerskip.decoding.dynamic_exit import dynamic_exit_logits
+from layerskip.decoding.dynamic_exit import walk_layers
 from layerskip.errors import LayerskipError
 from layerskip.decoding.exit_criteria import CRITERIA, layer_threshold, make_criterion
-from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.decoding.settings import Decoding, GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.kernels.linear import prepare_for_inference
 from layerskip.checkpoints.loading import load_model
 from layerskip.decoding.sampling import SamplingConfig
@@ -216,9 +217,9 @@ def test_autoregressive_dynamic_exit_leaves_valid_kv_everywhere(tiny_model, crit
         tokens, exits = list(PROMPT), []
         for step in range(8):
             slot = len(tokens) - 1
-            logits, exit_layer = dynamic_exit_logits(model, tokens[-1], cache, slot, crit, L)
-            exits.append(exit_layer)
-            tokens.append(int(logits.argmax()))
+            walk = walk_layers(model, torch.tensor([[tokens[-1]]]), cache, slot, L, [crit])
+            exits.append(walk.exit_layers[0])
+            tokens.append(int(walk.logits[0].argmax()))
         length = len(tokens) - 1
         assert not any((buffer[:, :, :length] == unwritten).any() for buffer in cache.keys + cache.values)
         # recompute each decoded token's exit state with the cache as context, then its K/V

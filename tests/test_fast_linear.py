@@ -9,7 +9,8 @@ from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.errors import LayerskipError
 from layerskip.kernels import policy
 from layerskip.kernels.linear import FusedLinear, Int8Linear, PackedLinear, StreamedLinear, prepare_for_inference
-from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.decoding.settings import Decoding, GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.checkpoints.loading import load, load_model
 from layerskip.decoding.sampling import SamplingConfig
 

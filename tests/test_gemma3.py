@@ -15,7 +15,8 @@ import torch
 from helpers import assert_one_line_error, make_gemma3_checkpoint, run_cli
 
 from layerskip.checkpoints.loading import load, load_model, text_decoder_weights
-from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.decoding.settings import Decoding, GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.strategy import Strategy
 from layerskip.drafters.config import DraftConfig, build_drafter

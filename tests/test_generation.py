@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerskip.decoding.types import DecodeState, Draft
+from layerskip.decoding.types import DecodeBatch, Draft
 
 from layerskip.drafters.base import Drafter
 
 from layerskip.drafters.early_exit import EarlyExitDrafter
-from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.decoding.settings import Decoding, GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.decoding.sampling import SamplingConfig
 
 GREEDY = SamplingConfig(sample=False)
@@ -69,11 +70,11 @@ class ScriptedDrafter(Drafter):
         self.max_tokens = max(len(s) for s in script)
         self.updates: list[tuple[int, int]] = []
 
-    def propose(self, state: DecodeState, limit: int) -> Draft:
-        tokens = self.script.pop(0)[:limit] if self.script else []
-        return Draft(tokens=tokens, forwards=len(tokens))
+    def propose(self, batch: DecodeBatch, limits, states) -> Draft:
+        tokens = self.script.pop(0)[: limits[0]] if self.script else []
+        return Draft(tokens=[tokens], probs=[None], forwards=len(tokens))
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def update(self, state, drafted: int, accepted: int) -> None:
         self.updates.append((drafted, accepted))
 
 

@@ -63,17 +63,20 @@ def test_early_exit_logits_are_unembedded_hidden_states(tiny_dir: Path) -> None:
             torch.testing.assert_close(ours(tokens, exit_layer=exit_layer), expected, atol=2e-5, rtol=1e-4)
 
 
-def test_left_padding_matches_unpadded_rows(tiny_model) -> None:
-    """Batch rows with left padding give the same logits as the row alone (batching groundwork)."""
+def test_rows_at_their_own_slots_match_each_row_alone(tiny_model) -> None:
+    """Two rows of different lengths, each prefilled alone into its cache row, then decoded together
+    from their own slots (per-row starts): each row's logits equal the row decoded alone."""
     model = tiny_model
-    short = torch.tensor([[5, 6, 7, 8]])
-    padded = torch.tensor([[2, 2, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
-    pad = torch.tensor([2, 0])
+    rows = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]
+    new = torch.tensor([[20, 21], [22, 23]])
     with torch.no_grad():
-        alone = model(short)
-        cache = KVCache(model.config, 2, 8, "cpu", torch.float32, pad)
-        batched = model.unembed(model.run_layers(model.embed(padded), 0, model.num_layers, cache, 0))
-    torch.testing.assert_close(batched[0, 2:], alone[0], atol=2e-5, rtol=1e-4)
+        alone = [model(torch.tensor([r + new[i].tolist()]))[0, -2:] for i, r in enumerate(rows)]
+        cache = KVCache(model.config, 2, 10, "cpu", torch.float32)
+        for i, r in enumerate(rows):
+            model(torch.tensor([r]), cache.narrow(i, 1), 0)
+        batched = model.unembed(model.run_layers(model.embed(new), 0, model.num_layers, cache, [4, 6]))
+    for i in range(2):
+        torch.testing.assert_close(batched[i], alone[i], atol=2e-5, rtol=1e-4)
 
 
 def test_rotary_with_sign_folded_sin_is_llamas_rotate_half_bit_for_bit() -> None:

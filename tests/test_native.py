@@ -11,7 +11,8 @@ from layerskip.kernels import native
 from layerskip.kernels import policy
 from layerskip.kernels.linear import PackedLinear, StreamedLinear, make_linear, prepare_for_inference
 from layerskip.kernels.policy import linear_kernel
-from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.decoding.settings import GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.checkpoints.loading import load_model
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.strategy import Strategy

@@ -20,7 +20,8 @@ from layerskip.decoding.types import Draft, DraftReport
 from layerskip.drafters.base import Drafter
 from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.errors import LayerskipError
-from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.decoding.settings import Decoding, GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.checkpoints.loading import load_model
 from layerskip.drafters.prompt_lookup import LookupOrModelDrafter, PromptLookupDrafter
 from layerskip.decoding.sampling import SamplingConfig, probabilities, process_logits
@@ -129,21 +130,20 @@ class Recording(Drafter):
         self.proposed: list[int] = []
         self.updates: list[tuple[int, int]] = []
 
-    def propose(self, state, limit: int) -> Draft:
-        draft = self.inner.propose(state, limit)
-        self.proposed.append(len(draft))
+    def new_state(self):
+        return self.inner.new_state()
+
+    def propose(self, batch, limits, states) -> Draft:
+        draft = self.inner.propose(batch, limits, states)
+        self.proposed.append(len(draft.tokens[0]))
         return draft
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def update(self, state, drafted: int, accepted: int) -> None:
         self.updates.append((drafted, accepted))
-        self.inner.update(drafted, accepted)
+        self.inner.update(state, drafted, accepted)
 
-    def reset(self) -> None:
-        self.proposed, self.updates = [], []
-        self.inner.reset()
-
-    def report(self) -> DraftReport:
-        return self.inner.report()
+    def report(self, state) -> DraftReport:
+        return self.inner.report(state)
 
 
 def test_composition_updates_only_the_drafter_that_drafted(tiny_model):

@@ -16,7 +16,8 @@ from layerskip.drafters.draft_head import save_ranking
 
 from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.checkpoints.loading import load_model
-from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.decoding.settings import Decoding, GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.decoding.sampling import SamplingConfig, banned_ngram_tokens, probabilities, process_logits
 from layerskip.decoding.verification import accept_greedy, accept_sampled
 

@@ -11,7 +11,8 @@ import torch
 from helpers import assert_one_line_error, run_cli, write_corpus
 
 from layerskip.cli import main
-from layerskip.decoding.loop import GenerationConfig, generate, generate_batch
+from layerskip.decoding.settings import GenerationConfig
+from layerskip.decoding.loop import generate, generate_many
 from layerskip.checkpoints.loading import load_tokenizer
 from layerskip.training.self_generated import (
     corpus_prefixes,
@@ -34,23 +35,14 @@ def test_prefixes_are_seeded_windows_of_the_stream():
     assert not torch.equal(a, corpus_prefixes(stream, 5, 8, seed=4))
 
 
-def test_batched_continuations_equal_one_by_one_greedy_decoding(tiny_model):
-    prefixes = torch.randint(3, 300, (3, 7), generator=torch.Generator().manual_seed(0))
-    batched = generate_batch(tiny_model, prefixes, 10)
-    assert batched.shape == (3, 10)
-    for row, prefix in enumerate(prefixes.tolist()):
-        single = generate(tiny_model, prefix, GenerationConfig(max_steps=10))
-        assert batched[row].tolist() == single.token_ids
-
-
 def test_rows_of_different_lengths_each_get_their_batch_of_one_output(tiny_model):
-    """Left padding in the static cache: every row of a mixed-length batch decodes as it would alone."""
+    """Every row of a mixed-length batch decodes as it would alone."""
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(3, 300, (n,), generator=gen).tolist() for n in (9, 2, 5)]
-    batched = generate_batch(tiny_model, prompts, 12)
-    for row, prompt in enumerate(prompts):
-        assert batched[row].tolist() == generate_batch(tiny_model, [prompt], 12)[0].tolist()
-        assert batched[row].tolist() == generate(tiny_model, prompt, GenerationConfig(max_steps=12)).token_ids
+    results, summary = generate_many(tiny_model, prompts, GenerationConfig(max_steps=12))
+    assert summary.generated_tokens == 36
+    for result, prompt in zip(results, prompts):
+        assert result.token_ids == generate(tiny_model, prompt, GenerationConfig(max_steps=12)).token_ids
 
 
 def test_corpus_file_holds_prefix_and_continuation_and_resumes(tiny_model, tiny_dir, corpus_dir, tmp_path):
@@ -63,7 +55,7 @@ def test_corpus_file_holds_prefix_and_continuation_and_resumes(tiny_model, tiny_
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["index"] for r in records] == [0, 1, 2, 3, 4] and all(r["prefix_tokens"] == 6 for r in records)
     for record, prefix in zip(records, prefixes.tolist()):
-        continuation = generate_batch(tiny_model, torch.tensor([prefix]), 4)[0].tolist()
+        continuation = generate(tiny_model, prefix, GenerationConfig(max_steps=4)).token_ids
         assert record["text"] == tokenizer.decode(prefix + continuation, skip_special_tokens=False)
 
     # an interrupted file (last record cut mid-line) resumes where it stopped, with the same records
@@ -115,7 +107,7 @@ def test_cli_continues_whole_prompts_of_any_length(tiny_dir, tiny_model, tmp_pat
 def test_a_continuation_ends_at_its_first_stop_token(tiny_model, tiny_dir, tmp_path):
     tokenizer = load_tokenizer(tiny_dir)
     prefix = [5, 6, 7, 8]
-    full = generate_batch(tiny_model, [prefix], 8)[0].tolist()
+    full = generate(tiny_model, prefix, GenerationConfig(max_steps=8)).token_ids
     stop = full[2]
     cut = full[: full.index(stop) + 1]
     out = tmp_path / "stopped.jsonl"

@@ -12,7 +12,7 @@ import pytest
 from helpers import assert_one_line_error, run_cli
 
 from layerskip.checkpoints.loading import load
-from layerskip.decoding.loop import GenerationConfig
+from layerskip.decoding.settings import GenerationConfig
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.strategy import Strategy
 from layerskip.errors import LayerskipError

@@ -28,7 +28,8 @@ from layerskip.api.params import SamplingParams
 from layerskip.checkpoints.loading import load
 from layerskip.decoding.chat import Message, encode_chat
 from layerskip.decoding.detokenize import IncrementalText
-from layerskip.decoding.loop import GenerationResult, generate
+from layerskip.decoding.results import GenerationResult
+from layerskip.decoding.loop import generate
 from layerskip.decoding.strategy import NAMES, Strategy
 from layerskip.drafters.config import DraftConfig, load_draft_config, parse_skip_layers
 from layerskip.errors import LayerskipError

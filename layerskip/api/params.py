@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from layerskip.decoding.loop import GenerationConfig
+from layerskip.decoding.settings import GenerationConfig
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.errors import LayerskipError
 

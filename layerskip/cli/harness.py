@@ -12,7 +12,7 @@ from layerskip.training.distributed import World, init_world
 from layerskip.errors import LayerskipError
 from layerskip.evaluation.datasets import Sample, load_samples
 from layerskip.evaluation.engines import LayerskipEngine, TransformersEngine
-from layerskip.decoding.loop import GenerationConfig
+from layerskip.decoding.settings import GenerationConfig
 from layerskip.decoding.limits import check_fits
 from layerskip.checkpoints.loading import LoadedModel, load
 from layerskip.decoding.strategy import Strategy

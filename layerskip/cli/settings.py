@@ -6,7 +6,7 @@ import argparse
 
 from layerskip.drafters.config import DraftConfig, load_draft_config, parse_skip_layers
 from layerskip.errors import LayerskipError
-from layerskip.decoding.loop import GenerationConfig
+from layerskip.decoding.settings import GenerationConfig
 from layerskip.checkpoints.loading import LoadedModel
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.strategy import Strategy

@@ -25,7 +25,7 @@ from typing import Any
 from layerskip.drafters.config import CRITERION_OPTIONS, DraftConfig, build_drafter, load_draft_config, validate
 from layerskip.errors import LayerskipError
 from layerskip.validation import field_types
-from layerskip.decoding.loop import Decoding
+from layerskip.decoding.settings import Decoding
 
 ENGINES = ("layerskip", "transformers")
 NAMES = ("autoregressive", "self_speculative")

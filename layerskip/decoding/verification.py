@@ -1,6 +1,6 @@
 """The one verify/accept step every strategy shares.
 
-Verification runs the target model over the pending token and the n drafts in one forward,
+Verification runs the target model over every row's pending token and drafts in one forward,
 reusing what the draft already computed (K/V and exit hidden states below ``reuse_layers``), then
 accepts a prefix of the drafts:
 
@@ -15,33 +15,41 @@ from __future__ import annotations
 
 import torch
 
-from layerskip.decoding.types import DecodeState, Draft, Verdict
+from layerskip.decoding.types import DecodeBatch, Draft, Verdict
 from layerskip.decoding.sampling import SamplingConfig, probabilities, process_logits
 
 
-def target_logits(state: DecodeState, draft: Draft, depth: int) -> torch.Tensor:
-    """Target logits ``[n+1, vocab]`` (float32) at the pending token and each draft token.
+def target_logits(batch: DecodeBatch, draft: Draft, depth: int) -> torch.Tensor:
+    """Target logits ``[batch, n+1, vocab]`` (float32) at each row's pending token and drafts, n the
+    longest draft (a shorter row's positions past its draft are filler, at slots past its tokens).
 
-    Positions ``slot..slot+n``. Layers below ``draft.reuse_layers`` run only for ``d_n``, whose
-    draft pass never happened; layers from there up to ``depth`` run for all n+1 tokens.
+    Row b's positions are ``slot_b..slot_b+n``. Layers below ``draft.reuse_layers`` run only for the
+    tokens at ``slot_b+n``, whose draft pass never happened; layers from there up to ``depth`` run for
+    all n+1 tokens.
     """
-    model, cache, n = state.model, state.cache, len(draft)
+    model, cache, n = batch.model, batch.cache, draft.longest
     reuse = min(draft.reuse_layers, depth) if n else 0
+    start = batch.starts()
     if reuse > 0 and draft.exit_hidden is not None:
-        last = torch.tensor([[draft.tokens[-1]]], device=model.device)
-        h_last = model.run_layers(model.embed(last), 0, reuse, cache, state.slot + n)
-        hidden = torch.cat([draft.exit_hidden, h_last], dim=1)
+        last = torch.tensor([[t[-1] if len(t) == n else 0] for t in draft.tokens], device=model.device)
+        h_last = model.run_layers(model.embed(last), 0, reuse, cache, batch.starts(n))
+        hidden = torch.cat([draft.exit_hidden[:, :n], h_last], dim=1)
     else:
         reuse = 0
-        ids = torch.tensor([[state.pending, *draft.tokens]], device=model.device)
-        hidden = model.embed(ids)
-    hidden = model.run_layers(hidden, reuse, depth, cache, state.slot)
-    return model.unembed(hidden)[0].float()
+        rows = [[row.pending, *t] + [0] * (n - len(t)) for row, t in zip(batch.rows, draft.tokens)]
+        hidden = model.embed(torch.tensor(rows, device=model.device))
+    hidden = model.run_layers(hidden, reuse, depth, cache, start)
+    return model.unembed(hidden).float()
 
 
 def accept_greedy(drafts: list[int], target: torch.Tensor) -> Verdict:
     """target ``[n+1, vocab]`` processed logits -> the longest agreeing prefix + the target's next token."""
-    choices = target.argmax(-1).tolist()
+    return accept_prefix(drafts, target.argmax(-1).tolist())
+
+
+def accept_prefix(drafts: list[int], choices: list[int]) -> Verdict:
+    """The longest prefix of ``drafts`` equal to the target's ``choices`` (at least n+1 of them) + the
+    target's next token."""
     accepted = 0
     while accepted < len(drafts) and drafts[accepted] == choices[accepted]:
         accepted += 1
@@ -71,14 +79,22 @@ def accept_sampled(
     return Verdict(list(drafts) + [bonus], n)
 
 
-def verify(state: DecodeState, draft: Draft, depth: int) -> Verdict:
-    """Run the target (layers ``0..depth-1``) over the pending token and the drafts; accept a prefix."""
-    logits = target_logits(state, draft, depth)
-    sampling: SamplingConfig = state.sampling
-    contexts = None
-    if sampling.no_repeat_ngram_size:
-        contexts = [state.history + draft.tokens[:i] for i in range(len(draft) + 1)]
-    processed = process_logits(logits, sampling, contexts)
-    if not sampling.sample:
-        return accept_greedy(draft.tokens, processed)
-    return accept_sampled(draft.tokens, draft.probs, probabilities(processed), state.generator)
+def verify(batch: DecodeBatch, draft: Draft, depth: int) -> list[Verdict]:
+    """Run the target (layers ``0..depth-1``) over each row's pending token and drafts; accept a prefix
+    of each row's drafts (its own sampling settings and generator)."""
+    logits = target_logits(batch, draft, depth)
+    if batch.greedy:
+        choices = logits.argmax(-1).tolist()  # the round's one host sync
+        return [accept_prefix(tokens, row_choices) for tokens, row_choices in zip(draft.tokens, choices)]
+    verdicts = []
+    for b, (row, tokens) in enumerate(zip(batch.rows, draft.tokens)):
+        sampling: SamplingConfig = row.sampling
+        contexts = None
+        if sampling.no_repeat_ngram_size:
+            contexts = [row.history + tokens[:i] for i in range(len(tokens) + 1)]
+        processed = process_logits(logits[b, : len(tokens) + 1], sampling, contexts)
+        if not sampling.sample:
+            verdicts.append(accept_greedy(tokens, processed))
+        else:
+            verdicts.append(accept_sampled(tokens, draft.probs[b], probabilities(processed), row.generator))
+    return verdicts

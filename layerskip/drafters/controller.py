@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable, Sequence
 
-from layerskip.decoding.types import DecodeState, Draft, DraftReport
+from layerskip.decoding.types import DecodeBatch, Draft, DraftReport
 from layerskip.drafters.base import Drafter
+from layerskip.model.cache import KVCache
 from layerskip.model.decoder import LlamaForCausalLM
 
 DECAY = 0.75
@@ -56,54 +57,46 @@ class Rate:
         return self.tokens / self.seconds if self.rounds and self.seconds > 0 else None
 
 
-class PayoffController(Drafter):
-    """``inner``'s drafts in the rounds where drafting pays for this sequence, none in the others
-    (module docstring). ``clock``: seconds (``time.perf_counter``; tests pass their own)."""
+class PayoffState:
+    """One sequence's controller: its rates, whether it is paused or probing, its counts, and the inner
+    drafter's state for it."""
 
-    def __init__(self, inner: Drafter, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.inner, self.clock = inner, clock
-        self.max_tokens = inner.max_tokens
-        self.reset()
-
-    def reset(self) -> None:
-        self.inner.reset()
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
         self.drafting, self.plain = Rate(), Rate()
         self.paused, self.probing = False, False
         self.probe, self.waited, self.since_plain = MIN_PROBE, 0, 0
         self.plain_rounds = self.probes = 0
-        self._started: float | None = None
-        self._drafts = self._measured = False  # what the round under way does
-        self._tokens = 0
+        self.started: float | None = None
+        self.drafts = self.measured = False  # what the round under way does
+        self.tokens = 0
 
-    def bind(self, model: LlamaForCausalLM) -> None:
-        self.inner.bind(model)
-
-    def _account(self, now: float) -> None:
+    def account(self, now: float) -> None:
         """Book the round that ends now, then decide on pausing or resuming after a measured draft."""
-        if self._started is None or not self._measured:
+        if self.started is None or not self.measured:
             return
-        seconds = now - self._started
-        if not self._drafts:
-            self.plain.add(self._tokens, seconds)
+        seconds = now - self.started
+        if not self.drafts:
+            self.plain.add(self.tokens, seconds)
             return
         if self.probing:  # the probe's measured round alone decides
             self.probing = False
             plain = self.plain.value
-            if plain is not None and self._tokens / max(seconds, 1e-9) >= plain * MARGIN:
+            if plain is not None and self.tokens / max(seconds, 1e-9) >= plain * MARGIN:
                 self.paused, self.probe = False, MIN_PROBE
                 self.drafting = Rate()
-                self.drafting.add(self._tokens, seconds)
+                self.drafting.add(self.tokens, seconds)
             else:
                 self.probe, self.waited = min(2 * self.probe, MAX_PROBE), 0
             return
-        self.drafting.add(self._tokens, seconds)
+        self.drafting.add(self.tokens, seconds)
         plain, drafting = self.plain.value, self.drafting.value
         if plain is not None and drafting is not None and drafting < plain * MARGIN:
             self.paused, self.waited = True, 0
 
-    def _plan(self) -> tuple[bool, bool]:
+    def plan(self) -> tuple[bool, bool]:
         """(draft this round, measure it)."""
-        after_plain = self._started is None or not self._drafts
+        after_plain = self.started is None or not self.drafts
         if self.paused:
             if self.probing:  # the probe's second round: measured
                 return True, True
@@ -119,23 +112,53 @@ class PayoffController(Drafter):
             return False, True
         return True, not after_plain
 
-    def propose(self, state: DecodeState, limit: int) -> Draft:
-        now = self.clock()
-        self._account(now)
-        self._started, self._tokens = now, 0
-        self._drafts, self._measured = self._plan()
-        if not self._drafts:
+    def start_round(self, now: float) -> bool:
+        """Book the last round, plan this one; whether it drafts."""
+        self.account(now)
+        self.started, self.tokens = now, 0
+        self.drafts, self.measured = self.plan()
+        if not self.drafts:
             self.plain_rounds += 1
             self.since_plain = 0
-            return Draft()
-        self.since_plain += 1
-        return self.inner.propose(state, limit)
+        else:
+            self.since_plain += 1
+        return self.drafts
 
-    def update(self, drafted: int, accepted: int) -> None:
-        self._tokens = accepted + 1
-        if self._drafts:
-            self.inner.update(drafted, accepted)
 
-    def report(self) -> DraftReport:
+class PayoffController(Drafter):
+    """``inner``'s drafts in the rounds where drafting pays for a sequence, none in the others
+    (module docstring); in a batch each row decides for itself, over the round's shared wall time.
+    ``clock``: seconds (``time.perf_counter``; tests pass their own)."""
+
+    def __init__(self, inner: Drafter, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.inner, self.clock = inner, clock
+        self.max_tokens = inner.max_tokens
+
+    def new_state(self) -> PayoffState:
+        return PayoffState(self.inner.new_state())
+
+    def bind(self, model: LlamaForCausalLM) -> None:
+        self.inner.bind(model)
+
+    def row_caches(self, cache: KVCache) -> list[KVCache]:
+        return self.inner.row_caches(cache)
+
+    def propose(self, batch: DecodeBatch, limits: Sequence[int], states: Sequence[PayoffState]) -> Draft:
+        now = self.clock()
+        drafting = [state.start_round(now) for state in states]
+        if not any(drafting):
+            return Draft.empty(len(batch))
+        return self.inner.propose(batch, [limit if d else 0 for limit, d in zip(limits, drafting)],
+                                  [state.inner for state in states])
+
+    def update(self, state: PayoffState, drafted: int, accepted: int) -> None:
+        state.tokens = accepted + 1
+        if state.drafts:
+            self.inner.update(state.inner, drafted, accepted)
+
+    def report(self, state: PayoffState | None = None) -> DraftReport:
         """The inner drafter's report, with the rounds this controller kept plain and its probes."""
-        return replace(self.inner.report(), plain_rounds=self.plain_rounds, probes=self.probes)
+        inner = self.inner.report(state.inner if state is not None else None)
+        if state is None:
+            return inner
+        return replace(inner, plain_rounds=state.plain_rounds, probes=state.probes)

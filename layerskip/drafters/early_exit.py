@@ -4,11 +4,12 @@ final norm and LM head (or a frequency-ranked subset of it, FR-Spec), sharing th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
-from layerskip.decoding.types import DecodeState, Draft, DraftReport
-from layerskip.drafters.base import Drafter, DraftRound
+from layerskip.decoding.types import DecodeBatch, Draft, DraftReport
+from layerskip.drafters.base import Drafter, DraftRound, LengthState
 from layerskip.drafters.draft_head import DraftHead, draft_subset, load_ranking
 from layerskip.drafters.length import FixedLength, LengthPolicy
 from layerskip.model.cache import ExitCache
@@ -32,12 +33,14 @@ class EarlyExitDrafter(Drafter):
         self.length = length or FixedLength(num_speculations)
         self.max_tokens = self.length.max_tokens
         self.draft_vocab = draft_vocab
-        self._limit = 0
         self._exit_cache: ExitCache | None = None
         self._head: DraftHead | None = None
         self._head_dtype: tuple[torch.dtype, torch.device] | None = None
 
-    def report(self) -> DraftReport:
+    def new_state(self) -> LengthState:
+        return LengthState(self.length)
+
+    def report(self, state: LengthState | None = None) -> DraftReport:
         return DraftReport(num_speculations=self.length.k, exit_layer=self.exit_layer, draft_length=self.length.name,
                            draft_vocab=self.draft_vocab)
 
@@ -55,42 +58,39 @@ class EarlyExitDrafter(Drafter):
             subset = draft_subset(ranking, self.draft_vocab, model.config.eos_token_ids, model.config.vocab_size)
         self._head, self._head_dtype = DraftHead(model, subset), (model.dtype, model.device)
 
-    def draft_logits(self, state: DecodeState, hidden: torch.Tensor, slot: int) -> torch.Tensor:
-        """The draft's logits ``[vocab]`` (float32) for the last of ``hidden`` = ``h_E`` ``[1, T, dim]``
-        at slots ``..slot``."""
+    def draft_logits(self, batch: DecodeBatch, hidden: torch.Tensor, step: int) -> torch.Tensor:
+        """The draft's logits ``[batch, vocab]`` (float32) for the last of ``hidden`` = ``h_E`` ``[batch, T,
+        dim]``, fed at draft step ``step`` (slot ``row.slot + step`` of each row)."""
         assert self._head is not None, "propose() binds the model first"
-        return self._head(hidden[:, -1:])[0, -1]
+        return self._head(hidden[:, -1:])[:, -1]
 
-    def reset(self) -> None:
-        self.length.reset()
+    def update(self, state: LengthState, drafted: int, accepted: int) -> None:
+        state.update(drafted, accepted)
 
-    def update(self, drafted: int, accepted: int) -> None:
-        self.length.update(drafted, accepted, self._limit)
-
-    def _cache_for(self, state: DecodeState) -> ExitCache:
-        model, batch = state.model, state.cache.batch_size
+    def _cache_for(self, batch: DecodeBatch) -> ExitCache:
+        model, rows = batch.model, len(batch)
         cache = self._exit_cache
         if (
             cache is None
-            or cache.states.shape[0] != batch
+            or cache.states.shape[0] < rows
             or cache.states.shape[1] < self.max_tokens
             or cache.states.dtype != model.dtype
             or cache.states.device != model.device
         ):
-            cache = self._exit_cache = ExitCache(batch, self.max_tokens, model.config.hidden_size, model.device, model.dtype)
-        cache.clear()
+            cache = self._exit_cache = ExitCache(rows, self.max_tokens, model.config.hidden_size, model.device, model.dtype)
+        cache.clear(rows)
         return cache
 
-    def propose(self, state: DecodeState, limit: int) -> Draft:
-        self._limit = n_max = min(limit, self.length.round_limit())
-        if n_max <= 0:
-            return Draft()
-        model, exit_cache = state.model, self._cache_for(state)
+    def propose(self, batch: DecodeBatch, limits: Sequence[int], states: Sequence[LengthState]) -> Draft:
+        caps = [state.cap(limit) for state, limit in zip(states, limits)]
+        if max(caps, default=0) <= 0:
+            return Draft.empty(len(batch))
+        model, exit_cache = batch.model, self._cache_for(batch)
         self.bind(model)
-        drafts = DraftRound(state, self.length)
-        for i in range(n_max):
-            hidden = model.run_layers(model.embed(drafts.last_ids), 0, self.exit_layer, state.cache, state.slot + i)
+        drafts = DraftRound(batch, caps, [state.length for state in states])
+        for step in range(drafts.steps):
+            hidden = model.run_layers(model.embed(drafts.last_ids), 0, self.exit_layer, batch.cache, batch.starts(step))
             exit_cache.append(hidden)
-            if not drafts.add(self.draft_logits(state, hidden, state.slot + i)):
+            if not drafts.add(self.draft_logits(batch, hidden, step)):
                 break
         return drafts.draft(self.exit_layer, exit_cache.valid())

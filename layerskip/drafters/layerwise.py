@@ -14,19 +14,34 @@ sublayer is the identity on the residual stream.
 
 from __future__ import annotations
 
+import copy
 import random
+from typing import Sequence
 
 import torch
 
 from layerskip.drafters.length import FixedLength, LengthPolicy
-from layerskip.decoding.types import DecodeState, Draft, DraftReport
-from layerskip.drafters.base import Drafter, DraftRound
+from layerskip.decoding.types import DecodeBatch, Draft, DraftReport
+from layerskip.drafters.base import Drafter, DraftRound, LengthState
 from layerskip.decoding.dynamic_exit import walk_layers
 from layerskip.decoding.exit_criteria import ExitCriterion
 from layerskip.model.decoder import NO_SKIP, SkipSet
 
 
+class LayerwiseState(LengthState):
+    """A sequence's length policy, its exit criterion (a copy: criteria learn across tokens) and the exit
+    layer of each token it drafted."""
+
+    def __init__(self, length: LengthPolicy, criterion: ExitCriterion | None) -> None:
+        super().__init__(length)
+        self.criterion = copy.deepcopy(criterion)
+        self.exit_layers: list[int] = []
+
+
 class LayerwiseDrafter(Drafter):
+    """Draft with layers ``0..max_exit-1`` walked one at a time (module docstring). A random skip set
+    (``skip_proportion``) is drawn per draft step, the same for every row of the batch."""
+
     def __init__(
         self,
         max_exit: int,
@@ -48,19 +63,16 @@ class LayerwiseDrafter(Drafter):
         self.length = length or FixedLength(num_speculations)
         self.max_tokens = self.length.max_tokens
         self.rng = random.Random(seed)
-        self._limit = 0
-        self.exit_layers: list[int] = []
 
-    def report(self) -> DraftReport:
+    def new_state(self) -> LayerwiseState:
+        return LayerwiseState(self.length, self.criterion)
+
+    def report(self, state: LayerwiseState | None = None) -> DraftReport:
         return DraftReport(num_speculations=self.length.k, exit_layer=self.max_exit, draft_length=self.length.name,
-                           exit_layers=tuple(self.exit_layers))
+                           exit_layers=tuple(state.exit_layers) if state is not None else ())
 
-    def reset(self) -> None:
-        self.exit_layers = []
-        self.length.reset()
-
-    def update(self, drafted: int, accepted: int) -> None:
-        self.length.update(drafted, accepted, self._limit)
+    def update(self, state: LayerwiseState, drafted: int, accepted: int) -> None:
+        state.update(drafted, accepted)
 
     def token_skips(self) -> SkipSet:
         if not self.skip_proportion:
@@ -68,25 +80,27 @@ class LayerwiseDrafter(Drafter):
         dropped = {l for l in range(self.max_exit) if self.rng.random() < self.skip_proportion}
         return SkipSet(self.skip.attn | dropped, self.skip.mlp | dropped)
 
-    def propose(self, state: DecodeState, limit: int) -> Draft:
-        self._limit = n_max = min(limit, self.length.round_limit())
-        if n_max <= 0:
-            return Draft()
-        if self.max_exit > state.model.num_layers:
-            raise ValueError(f"exit layer {self.max_exit} exceeds the model's {state.model.num_layers} layers")
-        drafts = DraftRound(state, self.length)
-        first_exit = len(self.exit_layers)
+    def propose(self, batch: DecodeBatch, limits: Sequence[int], states: Sequence[LayerwiseState]) -> Draft:
+        caps = [state.cap(limit) for state, limit in zip(states, limits)]
+        if max(caps, default=0) <= 0:
+            return Draft.empty(len(batch))
+        if self.max_exit > batch.model.num_layers:
+            raise ValueError(f"exit layer {self.max_exit} exceeds the model's {batch.model.num_layers} layers")
+        drafts = DraftRound(batch, caps, [state.length for state in states])
+        criteria = [state.criterion for state in states] if self.criterion is not None else None
+        exits: list[list[int]] = []
         all_states: list[list[torch.Tensor]] = []
         reuse = self.max_exit
-        for i in range(n_max):
-            walk = walk_layers(state.model, drafts.last_ids, state.cache, state.slot + i, self.max_exit,
-                               self.criterion, self.token_skips())
-            self.exit_layers.append(walk.exit_layer)
+        for step in range(drafts.steps):
+            walk = walk_layers(batch.model, drafts.last_ids, batch.cache, batch.starts(step), self.max_exit,
+                               criteria, self.token_skips())
+            exits.append(walk.exit_layers)
             reuse = min(reuse, walk.exact_below)
             all_states.append(walk.states)
             if not drafts.add(walk.logits):
                 break
         exit_hidden = torch.cat([s[reuse] for s in all_states], dim=1) if reuse > 0 else None
         draft = drafts.draft(reuse, exit_hidden)
-        del self.exit_layers[first_exit + len(draft):]  # one exit per drafted token (none for those past a stop)
+        for b, (state, tokens) in enumerate(zip(states, draft.tokens)):  # one exit per drafted token
+            state.exit_layers.extend(step_exits[b] for step_exits in exits[: len(tokens)])
         return draft

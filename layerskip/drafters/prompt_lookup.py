@@ -27,13 +27,15 @@ the model's own draft (early exit, layer-wise, adapter, ...) otherwise.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any, Sequence
 
 import torch
 
-from layerskip.decoding.types import DecodeState, Draft, DraftReport, LookupCounts
-
-from layerskip.drafters.base import Drafter
 from layerskip.decoding.sampling import banned_ngram_tokens
+from layerskip.decoding.types import DecodeBatch, Draft, DraftReport, LookupCounts
+from layerskip.drafters.base import Drafter
+from layerskip.model.cache import KVCache
+from layerskip.model.decoder import LlamaForCausalLM
 
 
 class NgramIndex:
@@ -70,14 +72,22 @@ class NgramIndex:
         return self._after.get(tuple(tokens[len(tokens) - n :]))
 
 
+class LookupState:
+    """A sequence's n-gram index and its lookup counts: rounds it drafted, tokens drafted, accepted."""
+
+    def __init__(self, min_n: int, max_n: int) -> None:
+        self.index = NgramIndex(min_n, max_n)
+        self.rounds = self.drafted = self.accepted = 0
+
+
 class PromptLookupDrafter(Drafter):
-    """Draft up to ``num_speculations`` tokens by n-gram lookup in ``state.history`` (at most
+    """Draft up to ``num_speculations`` tokens by n-gram lookup in each row's history (at most
     ``floor(factor * m)`` of them with ``factor``, m the match's backward extent; module docstring).
 
     Drafts end after a stop token, and before a token that ``no_repeat_ngram_size`` forbids (the
     target gives it probability 0: it would be rejected for sure). A match whose continuation is
     cut to nothing falls back on the next shorter n. Counts the rounds it drafted and what was
-    accepted (``report``).
+    accepted, per sequence (``report``).
     """
 
     def __init__(self, num_speculations: int, max_ngram: int = 3, min_ngram: int = 1, factor: float | None = None) -> None:
@@ -90,30 +100,31 @@ class PromptLookupDrafter(Drafter):
         self.max_tokens = num_speculations
         self.factor = factor
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
-        self.index = NgramIndex(min_ngram, max_ngram)
-        self.reset()
+        self.index = NgramIndex(min_ngram, max_ngram)  # for ``lookup`` called without a sequence's own
 
-    def reset(self) -> None:
-        self.index.clear()
-        self.rounds = self.drafted = self.accepted = 0
+    def new_state(self) -> LookupState:
+        return LookupState(self.min_ngram, self.max_ngram)
 
-    def update(self, drafted: int, accepted: int) -> None:
+    def update(self, state: LookupState, drafted: int, accepted: int) -> None:
         if drafted:
-            self.rounds += 1
-            self.drafted += drafted
-            self.accepted += accepted
+            state.rounds += 1
+            state.drafted += drafted
+            state.accepted += accepted
 
-    def report(self) -> DraftReport:
-        return DraftReport(num_speculations=self.max_tokens, lookup=LookupCounts(self.rounds, self.drafted, self.accepted))
+    def report(self, state: LookupState | None = None) -> DraftReport:
+        counts = LookupCounts(state.rounds, state.drafted, state.accepted) if state is not None else LookupCounts()
+        return DraftReport(num_speculations=self.max_tokens, lookup=counts)
 
     def lookup(self, history: list[int], limit: int, stop_ids: frozenset[int] = frozenset(),
-               no_repeat_ngram_size: int = 0) -> list[int]:
-        """The proposed tokens (at most ``min(limit, num_speculations)``) after ``history``."""
+               no_repeat_ngram_size: int = 0, index: NgramIndex | None = None) -> list[int]:
+        """The proposed tokens (at most ``min(limit, num_speculations)``) after ``history``; ``index``: the
+        sequence's n-gram index (the drafter's own by default)."""
         limit = min(limit, self.max_tokens)
         if limit <= 0:
             return []
+        index = index or self.index
         for n in range(self.max_ngram, self.min_ngram - 1, -1):
-            start = self.index.follows(history, n)
+            start = index.follows(history, n)
             if start is None:
                 continue
             length = limit if self.factor is None else min(limit, int(self.factor * self.match_extent(history, start, n, limit)))
@@ -133,14 +144,17 @@ class PromptLookupDrafter(Drafter):
             m += 1
         return m
 
-    def propose(self, state: DecodeState, limit: int) -> Draft:
-        tokens = self.lookup(state.history, limit, state.stop_token_ids, state.sampling.no_repeat_ngram_size)
-        if not tokens:
-            return Draft()
-        probs = None
-        if state.sampling.sample:  # q: one-hot at each proposed token, [n, vocab]
-            probs = torch.zeros(len(tokens), state.model.config.vocab_size, device=state.model.device)
-            probs[torch.arange(len(tokens)), torch.tensor(tokens)] = 1.0
+    def propose(self, batch: DecodeBatch, limits: Sequence[int], states: Sequence[LookupState]) -> Draft:
+        tokens, probs = [], []
+        vocab = batch.model.config.vocab_size
+        for row, limit, state in zip(batch.rows, limits, states):
+            found = self.lookup(row.history, limit, row.stop_token_ids, row.sampling.no_repeat_ngram_size, state.index)
+            tokens.append(found)
+            q = None
+            if found and row.sampling.sample:  # q: one-hot at each proposed token, [n, vocab]
+                q = torch.zeros(len(found), vocab, device=batch.model.device)
+                q[torch.arange(len(found)), torch.tensor(found)] = 1.0
+            probs.append(q)
         return Draft(tokens, probs, reuse_layers=0, exit_hidden=None, forwards=0)
 
 
@@ -157,31 +171,57 @@ def admissible(history: list[int], proposal: list[int], stop_ids: frozenset[int]
     return out
 
 
-class LookupOrModelDrafter(Drafter):
-    """The lookup's draft when it proposes anything, else ``model``'s (any other drafter).
+class ComposedState:
+    """A sequence's lookup and model-drafter states, and which of the two drafted its last round."""
 
-    ``update`` goes to whichever drafted the round, so the model drafter's length policy learns
-    only from rounds it drafted; ``reset`` goes to both.
+    def __init__(self, lookup: LookupState, model: Any) -> None:
+        self.lookup, self.model = lookup, model
+        self.last_was_lookup = False
+
+
+class LookupOrModelDrafter(Drafter):
+    """Per row, the lookup's draft when it proposes anything, else ``model``'s (any other drafter).
+
+    ``update`` goes to whichever drafted the row's round, so the model drafter's length policy learns
+    only from rounds it drafted. In a batch where some rows look up and others draft with the model,
+    the model drafts for its rows only; the lookup rows' drafts computed no K/V, so that round's
+    verification reuses nothing and runs every layer for all rows.
     """
 
     def __init__(self, lookup: PromptLookupDrafter, model: Drafter) -> None:
         self.lookup, self.model = lookup, model
         self.max_tokens = max(lookup.max_tokens, model.max_tokens)
-        self._last: Drafter = model
 
-    def reset(self) -> None:
-        self.lookup.reset()
-        self.model.reset()
-        self._last = self.model
+    def new_state(self) -> ComposedState:
+        return ComposedState(self.lookup.new_state(), self.model.new_state())
 
-    def propose(self, state: DecodeState, limit: int) -> Draft:
-        draft = self.lookup.propose(state, limit)
-        self._last = self.lookup if len(draft) else self.model
-        return draft if len(draft) else self.model.propose(state, limit)
+    def bind(self, model: LlamaForCausalLM) -> None:
+        self.model.bind(model)
 
-    def update(self, drafted: int, accepted: int) -> None:
-        self._last.update(drafted, accepted)
+    def row_caches(self, cache: KVCache) -> list[KVCache]:
+        return self.model.row_caches(cache)
 
-    def report(self) -> DraftReport:
+    def propose(self, batch: DecodeBatch, limits: Sequence[int], states: Sequence[ComposedState]) -> Draft:
+        found = self.lookup.propose(batch, limits, [s.lookup for s in states])
+        for state, tokens in zip(states, found.tokens):
+            state.last_was_lookup = bool(tokens)
+        if all(found.tokens):
+            return found
+        model_limits = [0 if tokens else limit for tokens, limit in zip(found.tokens, limits)]
+        drafted = self.model.propose(batch, model_limits, [s.model for s in states])
+        if not any(found.tokens):
+            return drafted
+        tokens = [f or d for f, d in zip(found.tokens, drafted.tokens)]
+        probs = [fq if f else dq for f, fq, dq in zip(found.tokens, found.probs, drafted.probs)]
+        return Draft(tokens, probs, reuse_layers=0, exit_hidden=None, forwards=drafted.forwards)
+
+    def update(self, state: ComposedState, drafted: int, accepted: int) -> None:
+        if state.last_was_lookup:
+            self.lookup.update(state.lookup, drafted, accepted)
+        else:
+            self.model.update(state.model, drafted, accepted)
+
+    def report(self, state: ComposedState | None = None) -> DraftReport:
         """The model drafter's report (settings, exit layers) with the lookup's counts."""
-        return replace(self.model.report(), lookup=self.lookup.report().lookup)
+        model = self.model.report(state.model if state is not None else None)
+        return replace(model, lookup=self.lookup.report(state.lookup if state is not None else None).lookup)

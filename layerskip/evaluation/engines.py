@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.decoding.settings import GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.checkpoints.loading import LoadedModel
 from layerskip.decoding.strategy import Strategy
 

@@ -19,7 +19,8 @@ from lm_eval.api.model import TemplateLM
 from tqdm import tqdm
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.decoding.settings import GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.decoding.limits import free_memory
 from layerskip.checkpoints.loading import LoadedModel
 from layerskip.decoding.sampling import SamplingConfig

@@ -13,7 +13,7 @@ from layerskip.evaluation.execution import run_tests, truncate_completion
 from layerskip.evaluation.metrics import summarize, text_metrics
 from layerskip.evaluation.records import SampleLog, group
 from layerskip.evaluation.engines import Output
-from layerskip.decoding.loop import GenerationConfig
+from layerskip.decoding.settings import GenerationConfig
 from layerskip.decoding.strategy import Strategy
 
 SPEED_KEYS = ("acceptance_rate", "mean_tokens_per_verification", "time_to_first_token", "total_time",

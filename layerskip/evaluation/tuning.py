@@ -13,7 +13,8 @@ from typing import Any, Callable, Sequence
 
 from layerskip.model.adapter import read_adapter_config
 from layerskip.drafters.config import DraftConfig
-from layerskip.decoding.loop import GenerationConfig, generate
+from layerskip.decoding.settings import GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.model.decoder import LlamaForCausalLM
 from layerskip.decoding.strategy import Strategy
 

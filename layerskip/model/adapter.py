@@ -84,9 +84,9 @@ class DraftAdapter(nn.Module):
         self.block = DecoderLayer(self.block_config)
 
     def new_cache(self, model_cache: KVCache) -> KVCache:
-        """The adapter's one-layer cache, shaped (and padded) like the model's."""
+        """The adapter's one-layer cache, with the rows and slots of the model's."""
         return KVCache(self.block_config, model_cache.batch_size, model_cache.capacity, model_cache.device,
-                       model_cache.dtype, model_cache.pad)
+                       model_cache.dtype)
 
     def forward(
         self,

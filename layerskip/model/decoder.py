@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,11 @@ NO_SKIP = SkipSet()
 #: indices ``[T]``, rotary cos/sin ``[batch, T, 1, head_dim]``, attention mask ``[batch, 1, T, capacity]``
 #: (Gemma 3's cos, sin and mask are tuples of these, one per layer type: ``layerskip.model.gemma3``)
 SlotInputs = tuple[torch.Tensor | None, Any, Any, Any]
+
+
+def end_slot(start: int | Sequence[int], t: int) -> int:
+    """One past the last slot of T tokens from ``start`` (one for all rows or one per row)."""
+    return (start if isinstance(start, int) else max(start)) + t
 
 
 class RMSNorm(nn.Module):
@@ -250,14 +255,14 @@ class LlamaForCausalLM(nn.Module):
         first: int,
         last: int,
         cache: KVCache | None = None,
-        start: int = 0,
+        start: int | Sequence[int] = 0,
         skip: SkipSet = NO_SKIP,
         inputs: SlotInputs | None = None,
     ) -> torch.Tensor:
         """Run decoder layers ``first..last-1`` on ``hidden`` = ``h_first`` ``[batch, T, dim]``.
 
-        The T tokens sit at cache slots ``start..start+T-1`` of every row (rotary position = slot -
-        the row's left padding ``cache.pad``). Without a cache the call is a plain causal forward
+        The T tokens sit at cache slots (= rotary positions) ``start..start+T-1`` of every row, or from
+        each row's own ``start[b]`` (``layerskip.model.cache.KVCache.slots``). Without a cache the call is a plain causal forward
         over the T tokens (training). ``inputs``: ``slot_inputs(cache, start, T, batch)`` already
         computed (a caller running one layer at a time). Returns ``h_last`` ``[batch, T, dim]``.
         """
@@ -287,23 +292,25 @@ class LlamaForCausalLM(nn.Module):
             hidden = layers[i](hidden, cos, sin, i, cache, slots, mask, i in skip.attn, i in skip.mlp)
         return hidden
 
-    def slot_inputs(self, cache: KVCache | None, start: int, t: int, batch: int) -> SlotInputs:
-        """What a forward over T tokens from slot ``start`` needs: slot indices ``[T]``, rotary cos/sin
-        ``[batch, T, 1, head_dim]`` at each row's positions ``[batch, T]``, and the attention mask
+    def slot_inputs(self, cache: KVCache | None, start: int | Sequence[int], t: int, batch: int) -> SlotInputs:
+        """What a forward over T tokens from slot ``start`` (one for all rows or one per row) needs: slot
+        indices ``[T]`` or ``[batch, T]``, rotary cos/sin ``[batch, T, 1, head_dim]`` at each row's positions ``[batch, T]``, and the attention mask
         ``[batch, 1, T, capacity]`` (``layerskip.model.cache.KVCache.mask``, made additive — 0 or -inf in
         the attention dtype — once here rather than by every layer's attention). Without a cache:
         positions ``start..`` in every row, no slots and no mask (causal attention over the T tokens)."""
         if cache is None:
             slots = mask = None
+            assert isinstance(start, int), "a forward without a cache starts every row at one position"
             positions = torch.arange(start, start + t, device=self.device).expand(batch, t)
         else:
             slots = cache.slots(start, t)
             positions, visible = cache.positions(slots), cache.mask(slots)
             mask = torch.zeros(visible.shape, dtype=cache.dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
-        cos, sin = self.rotary().cos_sin(positions, start + t)
+        cos, sin = self.rotary().cos_sin(positions, end_slot(start, t))
         return slots, cos, sin, mask
 
-    def propagate_state(self, hidden: torch.Tensor, first: int, last: int, cache: KVCache, start: int) -> None:
+    def propagate_state(self, hidden: torch.Tensor, first: int, last: int, cache: KVCache,
+                        start: int | Sequence[int]) -> None:
         """Fill the K/V of layers ``first..last-1`` at slots ``start..`` from one hidden state
         ``h_first`` ``[batch, T, dim]`` (CALM's state propagation, Schuster et al. 2022): each skipped
         layer gets keys/values projected from the exit state, so later tokens find valid entries.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ from torch import nn
 
 from layerskip.model.cache import KVCache
 from layerskip.model.config import ModelConfig
-from layerskip.model.decoder import NO_SKIP, MLP, Attention, LlamaForCausalLM, SkipSet, SlotInputs
+from layerskip.model.decoder import NO_SKIP, MLP, Attention, LlamaForCausalLM, SkipSet, SlotInputs, end_slot
 from layerskip.model.rope import RotaryTable, apply_rotary
 
 
@@ -174,14 +175,15 @@ class Gemma3ForCausalLM(LlamaForCausalLM):
             hidden = layers[i](hidden, cos[kind], sin[kind], i, cache, slots, mask[kind], i in skip.attn, i in skip.mlp)
         return hidden
 
-    def slot_inputs(self, cache: KVCache | None, start: int, t: int, batch: int) -> SlotInputs:
-        """Slot indices ``[T]`` and, per layer type (global, local), rotary cos/sin ``[batch, T, 1,
+    def slot_inputs(self, cache: KVCache | None, start: int | Sequence[int], t: int, batch: int) -> SlotInputs:
+        """Slot indices (``[T]``, or ``[batch, T]`` for a start per row) and, per layer type (global, local), rotary cos/sin ``[batch, T, 1,
         head_dim]`` and the additive mask ``[batch, 1, T, capacity]`` (local: ``KVCache.window`` on top
         of the causal mask). Without a cache: positions ``start..``, the global layers causal (no mask)
         and the local ones masked only when the T tokens outnumber the window."""
         window = self.config.sliding_window or t
         if cache is None:
             slots = None
+            assert isinstance(start, int), "a forward without a cache starts every row at one position"
             positions = torch.arange(start, start + t, device=self.device).expand(batch, t)
             keys = torch.arange(t, device=self.device)
             band = (keys[None, :] <= keys[:, None]) & (keys[None, :] > keys[:, None] - window)
@@ -192,11 +194,12 @@ class Gemma3ForCausalLM(LlamaForCausalLM):
             zeros = torch.zeros(visible.shape, dtype=cache.dtype, device=visible.device)
             local = visible & cache.window(slots, window)
             masks = (zeros.masked_fill(~visible, float("-inf")), zeros.masked_fill_(~local, float("-inf")))
-        limit = start + t
+        limit = end_slot(start, t)
         (cos, sin), (local_cos, local_sin) = self.rotary().cos_sin(positions, limit), self.local_rotary().cos_sin(positions, limit)
         return slots, (cos, local_cos), (sin, local_sin), masks
 
-    def propagate_state(self, hidden: torch.Tensor, first: int, last: int, cache: KVCache, start: int) -> None:
+    def propagate_state(self, hidden: torch.Tensor, first: int, last: int, cache: KVCache,
+                        start: int | Sequence[int]) -> None:
         """CALM's state propagation (``LlamaForCausalLM.propagate_state``) with each layer's q/k norms and
         its type's rotary table."""
         b, t, _ = hidden.shape

@@ -36,7 +36,8 @@ from layerskip.drafters.draft_head import draft_subset, frequency_ranking, save_
 from layerskip.errors import LayerskipError
 from layerskip.kernels.linear import prepare_for_inference
 from layerskip.model.fingerprint import base_fingerprint
-from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.decoding.settings import Decoding, GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.checkpoints.loading import LoadedModel, load
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.training import data as corpus

@@ -5,7 +5,7 @@ full model's argmax *on the text the full model itself generates*. Training earl
 human corpus teaches them the corpus, and the better the full model gets there, the further its
 own greedy continuations can drift from what its middle layers predict. This module builds the
 text acceptance is actually measured on: prefixes of the training corpus (seeded random windows
-of its training split) continued greedily by the full model (``generate_batch``), and written to JSONL as
+of its training split) continued greedily by the full model (``generate_many``, batched), and written to JSONL as
 they are produced. ``layerskip train --model M --corpus that.jsonl --distill a`` then trains the
 exits on it (sequence-level knowledge distillation, Kim & Rush 2016, applied to the model's own
 early exits as in Kangaroo, Liu et al. 2024, and Medusa-2's self-distillation, Cai et al. 2024).
@@ -27,7 +27,8 @@ import torch
 from layerskip.errors import LayerskipError, read_json_object
 from layerskip.files.jsonl import read_records
 from layerskip.evaluation.fingerprint import differences, normalized
-from layerskip.decoding.loop import generate_batch
+from layerskip.decoding.loop import generate_many
+from layerskip.decoding.settings import GenerationConfig
 from layerskip.model.decoder import LlamaForCausalLM
 from layerskip.training import data as corpus
 from layerskip.files.storage import atomic_write
@@ -131,15 +132,15 @@ def write_self_generated_corpus(
     check_sizes(new_tokens=new_tokens, batch_size=batch_size)
     rows_all = prefixes.tolist() if isinstance(prefixes, torch.Tensor) else [list(p) for p in prefixes]
     total = len(rows_all)
+    config = GenerationConfig(max_steps=new_tokens, stop_token_ids=tuple(sorted(stop_token_ids)))
     done = existing_records(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("a", encoding="utf-8") as handle:
         for first in range(done, total, batch_size):
             rows = rows_all[first : first + batch_size]
-            continuations = generate_batch(model, rows, new_tokens)
-            for offset, (prefix, new) in enumerate(zip(rows, continuations.tolist())):
-                stops = [i for i, token in enumerate(new) if token in stop_token_ids]
-                new = new[: stops[0] + 1] if stops else new
+            results, _ = generate_many(model, rows, config)
+            for offset, (prefix, result) in enumerate(zip(rows, results)):
+                new = result.token_ids
                 text = tokenizer.decode(prefix + new, skip_special_tokens=False)
                 record = {text_field: text, "prefix_tokens": len(prefix), "index": first + offset}
                 handle.write(json.dumps(record) + "\n")

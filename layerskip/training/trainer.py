@@ -26,7 +26,8 @@ from layerskip.drafters.early_exit import EarlyExitDrafter
 from layerskip.training.distributed import World, init_world
 from layerskip.files.jsonl import keep_records
 from layerskip.errors import LayerskipError, read_json_object
-from layerskip.decoding.loop import Decoding, GenerationConfig, generate
+from layerskip.decoding.settings import Decoding, GenerationConfig
+from layerskip.decoding.loop import generate
 from layerskip.checkpoints.loading import DTYPES, load_model, load_tokenizer, resolve_model_path
 from layerskip.model.decoder import LlamaForCausalLM
 from layerskip.decoding.sampling import SamplingConfig

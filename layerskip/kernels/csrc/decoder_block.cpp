@@ -6,7 +6,7 @@
 // call, over the same kernels the module path uses (kernels.h) and with the same roundings:
 //
 //   attention_block(hidden [B, T, D] bf16, ...) = hidden + o_proj(attention(rope(qkv_proj(rms_norm(hidden)))))
-//     the new keys/values written into the layer's cache [B, KV, C, hd] (float32) at slots [T]
+//     the new keys/values written into the layer's cache [B, KV, C, hd] (float32) at slots [T] (one for every row) or [B, T] (each row's own)
 //   mlp_block(hidden [B, T, D] bf16, ...) = hidden + down_proj(silu(gate) * up), gate|up = gate_up_proj(rms_norm(hidden))
 //
 // Roundings (those of layerskip.model.decoder in bfloat16): the norm is computed in float32 and rounded to bf16;
@@ -125,7 +125,9 @@ at::Tensor attention_block(const at::Tensor& hidden, const at::Tensor& norm_weig
   TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.numel() == B * T * hd &&
                   sin.numel() == B * T * hd,
               "decoder block: cos and sin must be [B, T, 1, hd] float32");
-  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.numel() == T, "decoder block: slots must be [T] int64");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && (slots.numel() == T || slots.numel() == B * T),
+              "decoder block: slots must be [T] or [B, T] int64");
+  const bool row_slots = slots.numel() == B * T && B > 1;
   TORCH_CHECK(mask.scalar_type() == at::kFloat && mask.numel() == B * T * C, "decoder block: mask must be [B, 1, T, C] float32");
   const int64_t rows = B * T, W = (H + 2 * KV) * hd, half = hd / 2;
 
@@ -142,13 +144,13 @@ at::Tensor attention_block(const at::Tensor& hidden, const at::Tensor& norm_weig
   std::vector<float> q(rows * H * hd);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < T; ++t) {
-      const int64_t r = b * T + t;
-      TORCH_CHECK(0 <= slot[t] && slot[t] < C, "decoder block: slot ", slot[t], " outside the cache's ", C);
+      const int64_t r = b * T + t, to = slot[row_slots ? r : t];
+      TORCH_CHECK(0 <= to && to < C, "decoder block: slot ", to, " outside the cache's ", C);
       const float *c = cp + r * hd, *s = sp + r * hd;
       for (int64_t h = 0; h < H + 2 * KV; ++h) {
         const BFloat16* x = qkv.data() + r * W + h * hd;
         float* dst = h < H ? q.data() + (r * H + h) * hd
-                           : (h < H + KV ? kp : vp) + ((b * KV + (h - H) % KV) * C + slot[t]) * hd;
+                           : (h < H + KV ? kp : vp) + ((b * KV + (h - H) % KV) * C + to) * hd;
         for (int64_t d = 0; d < hd; ++d) {
           const float xd = static_cast<float>(x[d]);
           dst[d] = h < H + KV ? xd * c[d] + static_cast<float>(x[(d + half) % hd]) * s[d] : xd;
