@@ -209,3 +209,45 @@ def test_batched_sampling_reproduces_the_full_model_distribution(tiny_dir):
     # a row's draws are its own: the same seed alone gives the same tokens
     alone = generate(model, prompt, configs[5], decoding)
     assert alone.token_ids == results[5].token_ids
+
+
+def test_cli_benchmark_and_correctness_batch_rows_together(tiny_dir, tmp_path, capsys):
+    """--batch_size 3 on benchmark and correctness: the batched engine, the same tokens as one at a time."""
+    import json
+
+    from helpers import assert_one_line_error, run_cli
+    from layerskip.cli import main
+
+    common = ["--model", str(tiny_dir), "--dataset", "human_eval", "--num_samples", "5", "--max_steps", "12",
+              "--dtype", "float32", "--no_progress", "True"]
+    assert main(["correctness", *common, "--exit_layer", "2", "--num_speculations", "3", "--batch_size", "3",
+                 "--output_dir", str(tmp_path / "c")]) == 0
+    assert "0 mismatches" in capsys.readouterr().out
+    docs = {}
+    for size in (1, 3):
+        out = tmp_path / f"b{size}"
+        assert main(["benchmark", *common, "--sample", "False", "--batch_size", str(size), "--output_dir", str(out), "--compare",
+                     "autoregressive", "self_speculative:exit_layer=2,num_speculations=3"]) == 0
+        docs[size] = json.loads(next(out.glob("benchmark_*.json")).read_text())
+        records = [json.loads(line) for line in next(out.glob("benchmark_*_samples.jsonl")).read_text().splitlines()]
+        tokens = {(r["sample_id"], r["strategy"]): r["token_ids"] for r in records}
+        docs[size]["tokens"] = tokens
+        batch_rate = docs[size]["results"]["autoregressive"]["speed"]["batch_tokens_per_second"]
+        assert (batch_rate["n"] == 0) == (size == 1)
+    assert docs[1]["tokens"] == docs[3]["tokens"]
+    assert all(r["matches_autoregressive"] == 1.0 for r in docs[3]["results"].values())
+    assert_one_line_error(run_cli("benchmark", *common, "--batch_size", "0", "--output_dir", str(tmp_path / "x")),
+                          "--batch_size must be >= 1, got 0")
+
+
+def test_llm_generates_a_batch_like_one_at_a_time(tiny_dir):
+    from layerskip import LLM, SamplingParams
+
+    llm = LLM(str(tiny_dir), dtype="float32", exit_layer=2, num_speculations=3, batch_size=3)
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    prompts = ["def add(a, b):", "x = 1", "class Point:", "import os", "for i in range(3):"]
+    batched = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    alone = [llm.generate(p, params)[0].outputs[0].token_ids for p in prompts]
+    assert batched == alone and all(len(t) == 10 for t in batched)
+    with pytest.raises(LayerskipError, match="`batch_size` must be >= 1"):
+        LLM(str(tiny_dir), dtype="float32", batch_size=0)

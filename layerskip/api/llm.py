@@ -11,9 +11,10 @@ Every decoding option of the command line is a keyword argument spelled like its
 ``num_speculations``, ``draft``, ``draft_adapter``, ``draft_vocab``, ``draft_length``, ``draft_control``,
 ``prompt_lookup_*``, ``criteria``, ``skip_layers``, ``draft_config``, ...). Without
 ``generation_strategy``, a checkpoint that recommends a self-speculative setting decodes with it, any
-other autoregressively; flags given on top of a recommendation override it. Prompts are decoded one at
-a time (the batched engine is to come); greedy self-speculative output equals autoregressive output in
-float32 (``layerskip correctness``).
+other autoregressively; flags given on top of a recommendation override it. Prompts are decoded
+together, ``batch_size`` rows at a time (``layerskip.decoding.engine``: rows join as others finish);
+every row's greedy output equals its output alone, and greedy self-speculative output equals
+autoregressive output, in float32 (``layerskip correctness``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from layerskip.checkpoints.loading import load
 from layerskip.decoding.chat import Message, encode_chat
 from layerskip.decoding.detokenize import IncrementalText
 from layerskip.decoding.results import GenerationResult
-from layerskip.decoding.loop import generate
+from layerskip.decoding.loop import generate, generate_many
 from layerskip.decoding.strategy import NAMES, Strategy
 from layerskip.drafters.config import DraftConfig, load_draft_config, parse_skip_layers
 from layerskip.errors import LayerskipError
@@ -43,11 +44,12 @@ Prompt = str | Sequence[int]
 
 class LLM:
     """A model and one decoding strategy (module docstring). ``seed``: the drafters' own randomness
-    (random layer skipping); a request's sampling follows its ``SamplingParams.seed``."""
+    (random layer skipping); a request's sampling follows its ``SamplingParams.seed``. ``batch_size``:
+    the most prompts decoded at once."""
 
     def __init__(self, model: str | None = None, *, dtype: str = "auto", device: str = "auto", quantize: str = "none",
                  compile: bool = False, threads: int | None = None, generation_strategy: str | None = None,
-                 seed: int = 0, **draft: Any) -> None:
+                 seed: int = 0, batch_size: int = 8, **draft: Any) -> None:
         unknown = sorted(set(draft) - DRAFT_OPTIONS)
         if unknown:
             raise TypeError(f"LLM() got unexpected keyword argument(s) {', '.join(unknown)}")
@@ -55,7 +57,9 @@ class LLM:
             raise LayerskipError(f"`generation_strategy` must be one of {', '.join(NAMES)}, got {generation_strategy!r}")
         if threads is not None:
             set_threads(check_threads(threads, "`threads`"))
-        self.seed = seed
+        if batch_size < 1:
+            raise LayerskipError(f"`batch_size` must be >= 1, got {batch_size}")
+        self.seed, self.batch_size = seed, batch_size
         self.loaded = load(model, device, dtype, quantize, compile=compile)
         self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
         self.strategy = self._strategy(generation_strategy, dict(draft))
@@ -88,6 +92,16 @@ class LLM:
             raise LayerskipError("a prompt encodes to no tokens")
         return ids
 
+    def _run_many(self, prompts: Sequence[str | None], encoded: list[list[int]],
+                  params: list[SamplingParams]) -> list[RequestOutput]:
+        """The prompts' outputs, decoded ``batch_size`` rows at a time."""
+        eos, vocab = self.loaded.eos_token_ids, self.model.config.vocab_size
+        configs = [p.generation_config(eos, vocab) for p in params]
+        decoding = self.strategy.decoding(self.model.num_layers, self.seed)
+        results, _ = generate_many(self.model, encoded, configs, decoding, self.batch_size, self.decode)
+        return [RequestOutput(str(i), prompt, ids, [self._completion(result, sp)])
+                for i, (prompt, ids, result, sp) in enumerate(zip(prompts, encoded, results, params))]
+
     def _run(self, request_id: str, prompt: str | None, ids: list[int], params: SamplingParams,
              on_tokens: Any = None) -> RequestOutput:
         config = params.generation_config(self.loaded.eos_token_ids, self.model.config.vocab_size)
@@ -103,11 +117,7 @@ class LLM:
             text, stop_reason = text[: cut[0]], cut[1]
         elif stats.stop_reason == "stop_token":
             stop_reason = result.token_ids[-1]
-        metrics = stats.as_dict()
-        drafts = stats.draft_rounds
-        metrics.update(num_drafts=drafts, num_draft_tokens=stats.drafted_tokens, num_accepted_tokens=stats.accepted_tokens,
-                       mean_acceptance_length=1 + stats.accepted_tokens / drafts if drafts else None)
-        return CompletionOutput(0, text, list(result.token_ids), finish, stop_reason, metrics)
+        return CompletionOutput(0, text, list(result.token_ids), finish, stop_reason, stats.as_dict())
 
     @staticmethod
     def _params(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:
@@ -128,8 +138,7 @@ class LLM:
         prompts = list(prompts)  # type: ignore[arg-type]
         params = self._params(sampling_params, len(prompts))
         encoded = [self._ids(p) for p in prompts]  # every prompt checked before any decoding
-        return [self._run(str(i), p if isinstance(p, str) else None, ids, sp)
-                for i, (p, ids, sp) in enumerate(zip(prompts, encoded, params))]
+        return self._run_many([p if isinstance(p, str) else None for p in prompts], encoded, params)
 
     def chat(self, messages: list[Message] | Sequence[list[Message]],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
@@ -138,7 +147,7 @@ class LLM:
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)  # type: ignore[list-item]
         params = self._params(sampling_params, len(conversations))
         encoded = [encode_chat(self.tokenizer, list(c)) for c in conversations]  # type: ignore[arg-type]
-        return [self._run(str(i), None, ids, sp) for i, (ids, sp) in enumerate(zip(encoded, params))]
+        return self._run_many([None] * len(encoded), encoded, params)
 
     def stream(self, prompt: Prompt | list[Message], sampling_params: SamplingParams | None = None) -> Iterator[str]:
         """The completion's text as it is verified, piece by piece; the pieces join to ``generate``'s text

@@ -232,6 +232,13 @@ def config_values(args: argparse.Namespace, config: type, renamed: Mapping[str, 
     return {f.name: getattr(args, renamed.get(f.name, f.name)) for f in fields(config)}
 
 
+def add_batch_size(parser: argparse.ArgumentParser) -> None:
+    """``--batch_size``: samples decoded together by the batched engine."""
+    add(parser, "batch_size", type=int, default=1,
+        help="samples decoded together, one row each (the batched engine; rows join as others finish); "
+             "1: one at a time")
+
+
 def harness_command(subparsers: argparse._SubParsersAction, name: str, summary: str, description: str,
                     example: str) -> argparse.ArgumentParser:
     """A command that decodes a dataset (benchmark, correctness, sweep, tune): its parser with the

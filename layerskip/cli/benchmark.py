@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import asdict
 
-from layerskip.cli.arguments import add, harness_command
+from layerskip.cli.arguments import add, add_batch_size, harness_command
 from layerskip.cli.harness import prepare
 from layerskip.cli.settings import draft_config, strategy
 from layerskip.errors import LayerskipError
@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers, "benchmark", "measure speed and quality on a dataset",
         "Speed (tokens/s, acceptance, time to first token) and quality (ROUGE, BLEU, exact match, edit distance, pass@1) of one strategy, or of several side by side with --compare, on a dataset; results JSON and per-sample JSONL in --output_dir.",
         "layerskip benchmark --dataset human_eval --num_samples 10 --sample False --compare autoregressive self_speculative")
+    add_batch_size(parser)
     add(parser, "compare", nargs="*", default=None,
         help="run several strategies side by side (default with the flag alone: autoregressive self_speculative); "
              "each [hf:]autoregressive or [hf:]self_speculative[:exit_layer=E,num_speculations=k]")
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     log = rank_log(samples_path, world.size, world.rank)
     done = {(r["sample_id"], r["strategy"]) for r in SampleLog(samples_path).read() + (log.read() if world.size > 1 else [])}
     run_interleaved(world.shard(harness.samples), specs, harness.engines, harness.encode_turns, harness.config, log, done,
-                    execute, world.rank, progress=not args.no_progress and world.is_main)
+                    execute, world.rank, progress=not args.no_progress and world.is_main, batch_size=args.batch_size)
     world.barrier()
     if not world.is_main:
         return 0

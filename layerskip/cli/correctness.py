@@ -10,7 +10,7 @@ import argparse
 import sys
 from dataclasses import asdict, replace
 
-from layerskip.cli.arguments import harness_command
+from layerskip.cli.arguments import add_batch_size, harness_command
 from layerskip.cli.harness import prepare
 from layerskip.cli.settings import strategy
 from layerskip.evaluation.records import environment, merge_rank_logs, rank_log, run_paths, write_json
@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "layerskip correctness --dataset human_eval --num_samples 10 --exit_layer 2 --num_speculations 6")
     parser.set_defaults(handler=run, generation_strategy="self_speculative", sample=False)
     parser.set_defaults(num_samples=10)
+    add_batch_size(parser)
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     world = harness.world
     run_interleaved(world.shard(harness.samples), specs, harness.engines, harness.encode_turns, harness.config,
                     rank_log(samples_path, world.size, world.rank), progress=not args.no_progress and world.is_main,
-                    rank=world.rank)
+                    rank=world.rank, batch_size=args.batch_size)
     world.barrier()
     if not world.is_main:
         return 0

@@ -60,6 +60,8 @@ class Harness:
 
 def prepare(args: argparse.Namespace) -> Harness:
     writable_dir(args.output_dir, "--output_dir")
+    if getattr(args, "batch_size", 1) < 1:
+        raise LayerskipError(f"--batch_size must be >= 1, got {args.batch_size}")
     samples = load_samples(args.dataset, args.data_path, args.num_samples, args.n_shot, args.template, args.seed,
                            args.random_shuffle, args.prompt_field, args.response_field, args.categories)
     world = init_world()

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from layerskip.decoding.settings import GenerationConfig
-from layerskip.decoding.loop import generate
+from layerskip.decoding.loop import generate, generate_many
 from layerskip.checkpoints.loading import LoadedModel
 from layerskip.decoding.strategy import Strategy
 
@@ -36,9 +36,19 @@ class LayerskipEngine:
         result = generate(model, prompt_ids, config, spec.decoding(model.num_layers, self.seed), decode=decode)
         return Output(result.token_ids, decode(result.token_ids), result.stats.as_dict())
 
+    def run_many(self, spec: Strategy, prompts: list[list[int]], config: GenerationConfig) -> list[Output]:
+        """The prompts decoded together, one row each (``generate_many``); each row's stats are its own,
+        and each gains ``batch_tokens_per_second``: the batch's aggregate output tokens/s."""
+        model, tok = self.loaded.model, self.loaded.tokenizer
+        decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+        results, summary = generate_many(model, prompts, config, spec.decoding(model.num_layers, self.seed), decode=decode)
+        return [Output(r.token_ids, decode(r.token_ids), {**r.stats.as_dict(), "batch_tokens_per_second": summary.tokens_per_second})
+                for r in results]
+
 
 class TransformersEngine:
-    """Hugging Face transformers' own ``generate`` on the same checkpoint and settings."""
+    """Hugging Face transformers' own ``generate`` on the same checkpoint and settings (one prompt at a
+    time: its assisted generation refuses batches, transformers#32165)."""
 
     def __init__(self, path: Path, device: torch.device, dtype: torch.dtype, tokenizer: Any) -> None:
         from transformers import AutoModelForCausalLM

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from layerskip.decoding.settings import GenerationConfig
-from layerskip.decoding.loop import generate
+from layerskip.decoding.loop import generate_many
 from layerskip.decoding.limits import free_memory
 from layerskip.checkpoints.loading import LoadedModel
 from layerskip.decoding.sampling import SamplingConfig
@@ -154,33 +154,50 @@ class LayerskipLM(TemplateLM):
 
     # ---- generation (the chosen strategy) -----------------------------------------------------
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-        out = []
-        for request in tqdm(requests, desc="generate_until requests", disable=disable_tqdm or not self.progress):
-            context, gen_kwargs = request.args
-            gen_kwargs = dict(gen_kwargs or {})
-            until = gen_kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_tokens = int(gen_kwargs.pop("max_gen_toks", self.config.max_steps))
-            sampling = self.config.sampling
-            if "do_sample" in gen_kwargs or "temperature" in gen_kwargs:
-                temperature = float(gen_kwargs.get("temperature", sampling.temperature) or 0.0)
-                do_sample = bool(gen_kwargs.get("do_sample", temperature > 0)) and temperature > 0
-                sampling = replace(sampling, sample=do_sample, temperature=temperature if do_sample else sampling.temperature,
-                                   top_p=float(gen_kwargs.get("top_p", sampling.top_p)),
-                                   top_k=int(gen_kwargs.get("top_k", sampling.top_k)))
-            config = replace(self.config, max_steps=max_tokens, sampling=sampling, stop_words=tuple(until),
-                             stop_token_ids=tuple(dict.fromkeys([*self.config.stop_token_ids, self.eot_token_id])))
-            ids = self.tok_encode(context)[-(self.max_length - max_tokens - 16) :]
+        """Each request's continuation, ``batch_size`` requests decoded together (the batched engine; for
+        ``auto``, as many as the longest request's KV cache allows), each with its own stop strings."""
+        prepared = [self._generation_request(request) for request in requests]
+        out: list[str] = []
+        bar = tqdm(total=len(requests), desc="generate_until requests", disable=disable_tqdm or not self.progress)
+        start = 0
+        while start < len(prepared):
+            longest = max(len(ids) + config.max_steps for ids, config in prepared[start : start + self.max_batch_size])
+            chunk = prepared[start : start + self.fitting_batch_size(longest)]
             decoding = self.strategy.decoding(self.model.num_layers, self.seed)
-            result = generate(self.model, ids, config, decoding, decode=self.tok_decode)
-            text = self.tok_decode(result.token_ids)
-            for stop in until:
-                if stop:
-                    text = text.split(stop)[0]
-            self.generation_stats.append(result.stats.as_dict())
-            self.cache_hook.add_partial("generate_until", (context, request.args[1]), text)
-            out.append(text)
+            results, _ = generate_many(self.model, [ids for ids, _ in chunk], [c for _, c in chunk], decoding,
+                                       decode=self.tok_decode)
+            for request, (_, config), result in zip(requests[start : start + len(chunk)], chunk, results):
+                text = self.tok_decode(result.token_ids)
+                for stop in config.stop_words:
+                    if stop:
+                        text = text.split(stop)[0]
+                self.generation_stats.append(result.stats.as_dict())
+                self.cache_hook.add_partial("generate_until", (request.args[0], request.args[1]), text)
+                out.append(text)
+            start += len(chunk)
+            bar.update(len(chunk))
+        bar.close()
         return out
+
+    def _generation_request(self, request: Any) -> tuple[list[int], GenerationConfig]:
+        """A ``generate_until`` request's prompt ids and generation settings (its ``until`` strings, its
+        ``max_gen_toks`` and sampling keywords over the run's)."""
+        context, gen_kwargs = request.args
+        gen_kwargs = dict(gen_kwargs or {})
+        until = gen_kwargs.pop("until", None) or []
+        until = [until] if isinstance(until, str) else list(until)
+        max_tokens = int(gen_kwargs.pop("max_gen_toks", self.config.max_steps))
+        sampling = self.config.sampling
+        if "do_sample" in gen_kwargs or "temperature" in gen_kwargs:
+            temperature = float(gen_kwargs.get("temperature", sampling.temperature) or 0.0)
+            do_sample = bool(gen_kwargs.get("do_sample", temperature > 0)) and temperature > 0
+            sampling = replace(sampling, sample=do_sample, temperature=temperature if do_sample else sampling.temperature,
+                               top_p=float(gen_kwargs.get("top_p", sampling.top_p)),
+                               top_k=int(gen_kwargs.get("top_k", sampling.top_k)))
+        config = replace(self.config, max_steps=max_tokens, sampling=sampling, stop_words=tuple(until),
+                         stop_token_ids=tuple(dict.fromkeys([*self.config.stop_token_ids, self.eot_token_id])))
+        ids = self.tok_encode(context)[-(self.max_length - max_tokens - 16) :]
+        return ids, config
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """The chat rendered by the tokenizer's template; without a generation prompt the last

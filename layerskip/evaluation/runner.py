@@ -18,7 +18,7 @@ from layerskip.decoding.strategy import Strategy
 
 SPEED_KEYS = ("acceptance_rate", "mean_tokens_per_verification", "time_to_first_token", "total_time",
               "time_per_token", "tokens_per_second", "generated_tokens", "mean_exit_layer",
-              "lookup_rounds", "lookup_drafted_tokens", "lookup_accepted_tokens")
+              "lookup_rounds", "lookup_drafted_tokens", "lookup_accepted_tokens", "batch_tokens_per_second")
 QUALITY_KEYS = ("rouge1", "rouge2", "rouge3", "rougeL", "bleu", "exact_match", "edit_distance", "pass@1")
 
 Engine = Any  # LayerskipEngine | TransformersEngine: run(spec, prompt_ids, config) -> Output
@@ -66,6 +66,24 @@ def run_sample(engine: Engine, spec: Strategy, sample: Sample, encode: TurnEncod
     return merge_turns(outputs), first
 
 
+def run_samples(engine: Engine, spec: Strategy, samples: Sequence[Sample], encode: TurnEncoder,
+                config: GenerationConfig) -> list[tuple[Output, int]]:
+    """``run_sample`` for several samples decoded together (``engine.run_many``): each turn of every
+    sample that has it in one batch, later turns after each sample's own answers."""
+    if not hasattr(engine, "run_many"):
+        return [run_sample(engine, spec, sample, encode, config) for sample in samples]
+    outputs: list[list[Output]] = [[] for _ in samples]
+    firsts = [0] * len(samples)
+    for turn in range(max(len(s.turns) for s in samples)):
+        active = [i for i, s in enumerate(samples) if len(s.turns) > turn]
+        ids = [encode(samples[i].turns[: turn + 1], [o.text for o in outputs[i]]) for i in active]
+        for i, prompt in zip(active, ids):
+            firsts[i] = firsts[i] or len(prompt)
+        for i, out in zip(active, engine.run_many(spec, ids, config)):
+            outputs[i].append(out)
+    return [(merge_turns(o), first) for o, first in zip(outputs, firsts)]
+
+
 def sample_record(sample: Sample, spec: Strategy, out: Output, prompt_len: int, execute: bool, rank: int) -> dict[str, Any]:
     metrics: dict[str, Any] = text_metrics(out.text, sample.reference)
     record: dict[str, Any] = {
@@ -101,8 +119,10 @@ def run_interleaved(
     rank: int = 0,
     progress: bool = True,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    batch_size: int = 1,
 ) -> list[dict[str, Any]]:
-    """For each sample, every strategy in turn (so drift in machine speed hits all alike).
+    """For each sample (or each group of ``batch_size`` samples, decoded together), every strategy in turn
+    (so drift in machine speed hits all alike).
 
     One short warm-up generation per strategy runs first and is not recorded.
     """
@@ -113,16 +133,25 @@ def run_interleaved(
         warm = replace(config, max_steps=min(config.max_steps, 8))
         for spec in specs:
             engines[spec.engine].run(spec, warm_ids, warm)
-    for sample in tqdm(todo, desc="samples", disable=not progress, file=sys.stderr, dynamic_ncols=True):
+    bar = tqdm(total=len(todo), desc="samples", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for first in range(0, len(todo), batch_size):
+        group_ = todo[first : first + batch_size]
         for spec in specs:
-            if (sample.id, spec.label) in done:
+            pending = [s for s in group_ if (s.id, spec.label) not in done]
+            if not pending:
                 continue
-            out, prompt_len = run_sample(engines[spec.engine], spec, sample, encode, config)
-            record = sample_record(sample, spec, out, prompt_len, execute, rank)
-            log.append(record)
-            records.append(record)
-            if on_record:
-                on_record(record)
+            if batch_size == 1:
+                results = [run_sample(engines[spec.engine], spec, pending[0], encode, config)]
+            else:
+                results = run_samples(engines[spec.engine], spec, pending, encode, config)
+            for sample, (out, prompt_len) in zip(pending, results):
+                record = sample_record(sample, spec, out, prompt_len, execute, rank)
+                log.append(record)
+                records.append(record)
+                if on_record:
+                    on_record(record)
+        bar.update(len(group_))
+    bar.close()
     return records
 
 
