@@ -118,3 +118,34 @@ def test_draft_control_is_checked() -> None:
         Strategy("layerskip", "self_speculative", DraftConfig(2, 3, draft_control="always")).validate(4)
     with pytest.raises(LayerskipError, match="controls drafting"):
         Strategy("layerskip", "autoregressive", DraftConfig(draft_control="payoff")).validate(4)
+
+
+def test_batch_rounds_stop_drafting_per_row_count_where_it_does_not_pay() -> None:
+    """Rounds of 4 rows where a drafting round takes 3 s for 8 tokens and a plain one 1 s for 4 stop
+    drafting; rounds of 2 rows where drafting emits 8 tokens in 1.5 s keep drafting."""
+    clock = Clock()
+    batch = control.BatchPayoff(clock)
+    kinds: dict[int, list[bool]] = {2: [], 4: []}
+    for round_ in range(300):
+        rows = 4 if round_ % 2 else 2
+        drafts = batch.start_round(rows)
+        kinds[rows].append(drafts)
+        clock.now += (3.0 if rows == 4 else 1.5) if drafts else 1.0
+        batch.finish_round(8 if drafts else rows)
+        clock.now += 0.25  # another row count's round in between is not booked to this one
+    assert batch.states[4].paused and sum(kinds[4]) < 0.15 * len(kinds[4])
+    assert not batch.states[2].paused and sum(kinds[2]) > 0.9 * len(kinds[2])
+
+
+def test_batched_engine_output_is_unchanged_by_batch_control(tiny_model) -> None:
+    from layerskip.decoding.engine import Engine
+    from layerskip.decoding.loop import generate_many
+
+    greedy = GenerationConfig(max_steps=30, sampling=SamplingConfig(sample=False))
+    prompts = [[0, 5, 6, 7, 8, 9, 5, 6, 7], [0, 17, 42], [0, 7, 7, 7, 7]]
+    expected = [generate(tiny_model, p, greedy).token_ids for p in prompts]
+    spec = Strategy.parse("self_speculative:exit_layer=2,num_speculations=3")
+    results, _ = generate_many(tiny_model, prompts, greedy, spec.decoding(tiny_model.num_layers))
+    assert [r.token_ids for r in results] == expected
+    assert Engine(tiny_model, spec.decoding(4), max_rows=3).batch_control is not None
+    assert Engine(tiny_model, spec.decoding(4), max_rows=3, batch_control=False).batch_control is None

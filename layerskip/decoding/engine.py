@@ -38,6 +38,7 @@ from layerskip.decoding.settings import AUTOREGRESSIVE, Decoding, GenerationConf
 from layerskip.decoding.stop_words import StopWords
 from layerskip.decoding.types import DecodeBatch, Draft, Row, Verdict
 from layerskip.decoding.verification import verify
+from layerskip.drafters.controller import BatchPayoff
 from layerskip.errors import LayerskipError
 from layerskip.model.cache import KVCache
 from layerskip.model.decoder import LlamaForCausalLM
@@ -82,10 +83,13 @@ class Engine:
     ``max_rows``: rows decoded at once (the cache's batch size). ``max_length``: the most positions a
     request may use, prompt and generated tokens together (each row's cache holds that plus a draft's
     overshoot). ``prefill_chunk``: the most prompt tokens prefilled per step (None: a whole prompt at once).
+    ``batch_control``: a round of two or more rows drafts only while drafting rounds of that many rows
+    emit tokens faster than plain ones (``layerskip.drafters.controller.BatchPayoff``; the output is the
+    same either way).
     """
 
     def __init__(self, model: LlamaForCausalLM, decoding: Decoding = AUTOREGRESSIVE, max_rows: int = 1,
-                 max_length: int | None = None, prefill_chunk: int | None = None) -> None:
+                 max_length: int | None = None, prefill_chunk: int | None = None, batch_control: bool = True) -> None:
         self.model, self.decoding = model, decoding
         self.depth = model.num_layers if decoding.depth is None else decoding.depth
         if not 1 <= self.depth <= model.num_layers:
@@ -100,6 +104,8 @@ class Engine:
         self.max_draft = self.drafter.max_tokens if self.drafter else 0
         if self.drafter is not None:
             self.drafter.bind(model)
+        #: rounds of several rows draft only while that pays for that many rows (``BatchPayoff``)
+        self.batch_control = BatchPayoff() if batch_control and self.drafter is not None and max_rows > 1 else None
         self._cache: KVCache | None = None
         self._waiting: deque[_Request] = deque()
         self._prefilling: _Request | None = None
@@ -229,13 +235,15 @@ class Engine:
         batch = DecodeBatch(model, self.cache.narrow(0, len(rows)), rows)  # type: ignore[arg-type]
         remaining = [r.config.max_steps - len(r.generated) for r in running]
         draft = Draft.empty(len(rows))
+        control = self.batch_control if len(rows) > 1 else None
         if self.decoding.criterion is not None:
             verdicts = self._dynamic_exit(batch, running)
         else:
-            if self.drafter is not None:
+            if self.drafter is not None and (control is None or control.start_round(len(rows))):
                 draft = self.drafter.propose(batch, [left - 1 for left in remaining], [row.draft for row in batch.rows])
             verdicts = verify(batch, draft, self.depth)
         finished: list[int] = []
+        emitted = 0
         for index, (request, verdict, tokens, left) in enumerate(zip(running, verdicts, draft.tokens, remaining)):
             row, stats = request.row, request.stats
             assert row is not None
@@ -248,6 +256,7 @@ class Engine:
                 self.drafter.update(row.draft, len(tokens), verdict.accepted)
             new, reason = self._cut(request, verdict.tokens[:left])
             request.generated.extend(new)
+            emitted += len(new)
             # the pending token is the last new one; every slot before it now holds verified K/V
             row.slot += len(new)
             row.history.extend(new)
@@ -259,6 +268,8 @@ class Engine:
             else:
                 outputs.append(self._finish(request, new, accepted, reason))
                 finished.append(index)
+        if control is not None:
+            control.finish_round(emitted)
         for index in reversed(finished):
             self._leave(index)
 

@@ -47,16 +47,19 @@ def generate_many(
     decoding: Decoding = AUTOREGRESSIVE,
     batch_size: int | None = None,
     decode: Callable[[list[int]], str] | None = None,
+    batch_control: bool = True,
 ) -> tuple[list[GenerationResult], BatchSummary]:
     """Generate after every prompt, ``batch_size`` rows at a time (all of them by default; rows join as
     others finish): one result per prompt, in order, and the batch's summary (aggregate tokens/s over
-    the wall time). ``config``: one for all prompts or one per prompt."""
+    the wall time). ``config``: one for all prompts or one per prompt. ``batch_control``: see ``Engine``
+    (with it, which rounds draft follows measured time: sampled rows keep their distribution but not
+    their batch-1 draws)."""
     configs = [config] * len(prompts) if isinstance(config, GenerationConfig) else list(config)
     if not prompts or len(configs) != len(prompts):
         raise LayerskipError("generate_many needs at least one prompt and one config per prompt")
     rows = len(prompts) if batch_size is None else batch_size
     longest = max(len(p) + c.max_steps for p, c in zip(prompts, configs))
-    engine = Engine(model, decoding, max_rows=min(rows, len(prompts)), max_length=longest)
+    engine = Engine(model, decoding, max_rows=min(rows, len(prompts)), max_length=longest, batch_control=batch_control)
     ids = [engine.add_request(p, c, decode) for p, c in zip(prompts, configs)]
     results: dict[int, GenerationResult] = {}
     start = time.perf_counter()

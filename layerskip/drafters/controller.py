@@ -68,7 +68,8 @@ class PayoffState:
         self.probe, self.waited, self.since_plain = MIN_PROBE, 0, 0
         self.plain_rounds = self.probes = 0
         self.started: float | None = None
-        self.drafts = self.measured = False  # what the round under way does
+        self.opened = False  # a round was planned before
+        self.drafts = self.measured = False  # what the round under way (or the last one) does
         self.tokens = 0
 
     def account(self, now: float) -> None:
@@ -96,7 +97,7 @@ class PayoffState:
 
     def plan(self) -> tuple[bool, bool]:
         """(draft this round, measure it)."""
-        after_plain = self.started is None or not self.drafts
+        after_plain = not self.opened or not self.drafts
         if self.paused:
             if self.probing:  # the probe's second round: measured
                 return True, True
@@ -117,12 +118,47 @@ class PayoffState:
         self.account(now)
         self.started, self.tokens = now, 0
         self.drafts, self.measured = self.plan()
+        self.opened = True
         if not self.drafts:
             self.plain_rounds += 1
             self.since_plain = 0
         else:
             self.since_plain += 1
         return self.drafts
+
+
+    def finish_round(self, now: float, tokens: int) -> None:
+        """Book the round under way as ended now with ``tokens`` emitted (for a caller whose rounds of
+        this kind are not back to back: ``BatchPayoff``)."""
+        self.tokens = tokens
+        self.account(now)
+        self.started = None
+
+
+class BatchPayoff:
+    """The payoff rule for rounds of several rows (``layerskip.decoding.engine``): in a batch, one row's
+    draft makes the whole round verify ``n+1`` tokens a row, so whether drafting pays is decided per
+    round for the batch, per number of rows (a round of B rows drafts while drafting rounds of B rows emit
+    tokens faster than plain rounds of B rows, measured on the wall clock with ``PayoffState``'s rule).
+    On a CPU with few cores a batch of several rows is compute-bound and verification of ``k+1`` tokens a
+    row costs several plain steps (``benchmarks/roofline.py --batch_sizes``): there large batches decode
+    plainly, small ones keep drafting."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.states: dict[int, PayoffState] = {}
+        self._current: PayoffState | None = None
+
+    def start_round(self, rows: int) -> bool:
+        """Whether this round of ``rows`` rows drafts."""
+        state = self._current = self.states.setdefault(rows, PayoffState(None))
+        return state.start_round(self.clock())
+
+    def finish_round(self, tokens: int) -> None:
+        """The round ended, emitting ``tokens`` over all rows."""
+        if self._current is not None:
+            self._current.finish_round(self.clock(), tokens)
+            self._current = None
 
 
 class PayoffController(Drafter):
