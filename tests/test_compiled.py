@@ -11,8 +11,8 @@ from layerskip.kernels.compiled import compile_layers
 from layerskip.kernels.policy import compile_problem
 from layerskip.drafters.config import DraftConfig
 from layerskip.kernels.linear import prepare_for_inference
-from layerskip.decoding.settings import GenerationConfig
-from layerskip.decoding.loop import generate
+from layerskip.decoding.settings import AUTOREGRESSIVE, GenerationConfig
+from layerskip.decoding.loop import generate, generate_many
 from layerskip.checkpoints.loading import load_model
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.strategy import Strategy
@@ -50,6 +50,14 @@ def test_compiled_decoding_equals_eager_and_self_speculation_stays_exact(tiny_di
     with torch.inference_mode():
         ids = torch.tensor([PROMPT])
         torch.testing.assert_close(model(ids), eager(ids), rtol=1e-4, atol=1e-4)  # a cacheless forward: eager layers
+    # batches of rows at their own slots through the compiled loop: each row as the eager batch-1 run
+    prompts = [PROMPT, PROMPT[:3], PROMPT[1:] + PROMPT[:2]]
+    alone = [generate(eager, p, config).token_ids for p in prompts]
+    calls = len(compiled_calls)
+    for decoding in (AUTOREGRESSIVE, Strategy("layerskip", "self_speculative", DraftConfig(2, 3)).decoding(model.num_layers)):
+        results, _ = generate_many(model, prompts, config, decoding, batch_control=False)
+        assert [r.token_ids for r in results] == alone
+    assert len(compiled_calls) > calls
 
 
 def test_compile_bad_input_is_one_line_before_loading(tiny_dir, monkeypatch):
