@@ -4,8 +4,9 @@ One ``Engine`` holds the model, what it decodes with (``Decoding``) and one KV c
 rows. ``add_request(prompt_ids, config)`` queues a sequence; each ``step()``
 
 1. prefills (part of) the next waiting prompt into a free row, at most ``prefill_chunk`` tokens a step,
-   so a long prompt joins without stalling the running rows for more than about one round; its first
-   token comes with the step that finishes its prefill;
+   so a long prompt joins without stalling the running rows for more than about one round (without
+   ``prefill_chunk``, every waiting prompt that finds a free row, whole); its first token comes with
+   the step that finishes its prefill;
 2. runs one round for every running row: the drafter proposes per row (``Drafter.propose``), one
    verification over the batch accepts per row (``layerskip.decoding.verification``), and each row
    advances by what it accepted, so rows sit at different slots (the cache's per-row starts);
@@ -174,9 +175,13 @@ class Engine:
 
     @torch.inference_mode()
     def step(self) -> list[StepOutput]:
-        """One prefill chunk (if a prompt waits and a row is free) and one round for the running rows."""
+        """One prefill chunk (if a prompt waits and a row is free; without ``prefill_chunk``, every waiting
+        prompt a free row takes) and one round for the running rows."""
         outputs: list[StepOutput] = []
         self._prefill(outputs)
+        # whole prompts (no chunking: offline batches) join all at once while rows are free
+        while self.prefill_chunk is None and self._waiting and len(self._running) < self.max_rows:
+            self._prefill(outputs)
         if self._running:
             self._round(outputs)
         return outputs
