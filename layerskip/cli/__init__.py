@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from layerskip import __version__
-from layerskip.cli import benchmark, correctness, env, evaluate, fetch, generate, self_generate, sweep, train, train_adapter, tune
+from layerskip.cli import benchmark, correctness, env, evaluate, fetch, generate, self_generate, serve, sweep, train, train_adapter, tune
 from layerskip.cli.arguments import ArgumentParser, HelpFormatter, SubcommandParser, flag_names
 from layerskip.errors import LayerskipError, named_as_flags
 from layerskip.kernels.threads import check_threads, set_threads
@@ -37,6 +37,7 @@ def build_parser() -> ArgumentParser:
     evaluate.register(subparsers)
     fetch.register(subparsers)
     env.register(subparsers)
+    serve.register(subparsers)
     return parser
 
 
