@@ -6,7 +6,6 @@ import argparse
 import ipaddress
 import logging
 import os
-import signal
 import socket
 import sys
 
@@ -78,9 +77,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from layerskip.serve import Backend, ServeSettings, create_app
+    from layerskip.serve.server import serve
 
     for name, low in (("port", 0), ("max_num_seqs", 1), ("max_queue_size", 0), ("max_model_len", 2),
                       ("prefill_chunk", 1), ("max_request_bytes", 1)):
@@ -138,20 +136,11 @@ def run(args: argparse.Namespace) -> int:
     sys.stderr.write(f"layerskip serve: {name} ({chosen.label}) on http://{shown}:{port}/v1 "
                      f"(max_num_seqs {args.max_num_seqs}, max_model_len {args.max_model_len})\n")
     sys.stderr.flush()
-    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=args.shutdown_timeout,
-                            lifespan="on", proxy_headers=False, server_header=False)
-    # uvicorn handles SIGTERM/SIGINT (stop accepting, let running requests finish, cancel the rest after
-    # --shutdown_timeout, then stop the engine) and raises the signal again after it has shut down: that
-    # second delivery finds these handlers, so a clean shutdown exits 0
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     logging.getLogger("layerskip.serve").setLevel(args.log_level.upper())
-    server = uvicorn.Server(config)
     try:
-        server.run(sockets=[sock])
+        started = serve(app, sock, args.shutdown_timeout, args.log_level)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         sock.close()
-    if not server.started:
+    if not started:
         raise LayerskipError("the server did not start (see the log above)")
     return 0

@@ -117,6 +117,15 @@ class EngineLoop:
         if not submission.done:
             self._commands.put(("abort", submission))
 
+    def drain(self) -> None:
+        """Refuse new requests (``Closed``); the queued and running ones go on."""
+        with self._lock:
+            self._closed = True
+
+    def cancel_all(self) -> None:
+        """End every queued and running request at the next round (503: shutting down)."""
+        self._commands.put(("cancel", None))
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop: the requests still queued or running fail (503), the thread ends."""
         with self._lock:
@@ -148,6 +157,13 @@ class EngineLoop:
                 block = False
                 if command == "stop":
                     stopping = True
+                elif command == "cancel":
+                    for submission in by_id.values():
+                        engine.abort(submission.engine_id)  # type: ignore[arg-type]
+                        submission.emit(Failed(503, "the server is shutting down"))
+                        self.metrics.outcome("aborted")
+                        self._release(submission)
+                    by_id.clear()
                 elif command == "add":
                     self._add(engine, submission, by_id)
                 elif command == "abort" and not submission.done and submission.engine_id is not None:
