@@ -1,7 +1,7 @@
 """Rotary position embeddings (RoFormer) with the Llama 3 frequency scaling.
 
 Positions are explicit: ``RotaryTable.cos_sin(positions)`` looks up precomputed angles for any
-``[batch, seq]`` tensor of positions, so draft, verification and batched rows with left padding
+``[batch, seq]`` tensor of positions, so draft, verification and batched rows each at their own slots
 all use the same table. The table grows on demand instead of covering ``max_position_embeddings``.
 """
 
