@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
 from layerskip.checkpoints.loading import load
 from layerskip.cli.arguments import add, add_generation_arguments, add_model_arguments, subcommand
@@ -67,6 +68,14 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _model_name(model: str | None, path: Path) -> str:
+    """The name the API knows the model by: the --model value when it names a registered model or a hub id,
+    else the directory's (or .gguf file's) own name, never the local path."""
+    if model and not Path(model).expanduser().exists():
+        return model
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -114,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     def make_engine() -> Engine:  # the server's engine, and a fresh one after a step failed
         return first.pop() if first else build()
 
-    name = args.served_model_name or (loaded.path.stem if loaded.path.suffix == ".gguf" else loaded.path.name)
+    name = args.served_model_name or _model_name(args.model, loaded.path)
     settings = ServeSettings(
         model_name=name, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
         max_queue_size=args.max_queue_size, api_key=api_key, max_request_bytes=args.max_request_bytes,

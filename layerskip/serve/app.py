@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import random
 import re
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -29,7 +31,7 @@ from layerskip.decoding.chat import encode_chat
 from layerskip.decoding.engine import Engine
 from layerskip.decoding.settings import GenerationConfig
 from layerskip.errors import LayerskipError
-from layerskip.serve.engine_loop import Closed, EngineLoop, Failed, Finished, Full, Submission, Tokens
+from layerskip.serve.engine_loop import Closed, EngineLoop, Failed, Finished, Full, Submission
 from layerskip.serve.metrics import Metrics
 from layerskip.serve.protocol import APIError, ChatRequest, CompletionRequest, parse_body
 from layerskip.serve.text import TextStream, final_text
@@ -79,8 +81,20 @@ def create_app(settings: ServeSettings, backend: Backend) -> FastAPI:
     tokenizer = backend.tokenizer
     api_key = settings.api_key.encode() if settings.api_key else None
 
+    # the tokenizer is used from the event loop and (for stop strings) the engine thread: one at a time
+    tokenizer_lock = threading.Lock()
+
     def decode(ids: list[int]) -> str:
-        return tokenizer.decode(ids, skip_special_tokens=True)
+        with tokenizer_lock:
+            return tokenizer.decode(ids, skip_special_tokens=True)
+
+    def encode(text: str) -> list[int]:
+        with tokenizer_lock:
+            return tokenizer(text)["input_ids"]
+
+    def encode_messages(messages: list[dict[str, str]]) -> list[int]:
+        with tokenizer_lock:
+            return encode_chat(tokenizer, messages)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -222,8 +236,6 @@ def create_app(settings: ServeSettings, backend: Backend) -> FastAPI:
         return "length" if result.stats.stop_reason == "max_steps" else "stop"
 
     def sse(data: Any) -> str:
-        import json
-
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
     def stream(request: Request, submission: Submission, prompt_len: int, include_usage: bool,
@@ -274,7 +286,7 @@ def create_app(settings: ServeSettings, backend: Backend) -> FastAPI:
                 raise APIError(400, "one prompt per request (`prompt` lists several)", "prompt", "unsupported_parameter")
             prompt = prompt[0]
         if isinstance(prompt, str):
-            prompt_ids = tokenizer(prompt)["input_ids"]
+            prompt_ids = encode(prompt)
         else:
             prompt_ids = list(prompt)
             bad = [t for t in prompt_ids if not 0 <= t < backend.vocab_size]
@@ -322,7 +334,7 @@ def create_app(settings: ServeSettings, backend: Backend) -> FastAPI:
             raise APIError(400, f"the model `{settings.model_name}` has no chat template: use /v1/completions",
                            "messages", "no_chat_template")
         try:
-            prompt_ids = encode_chat(tokenizer, messages)
+            prompt_ids = encode_messages(messages)
         except LayerskipError as error:
             raise APIError(400, str(error), "messages", "invalid_value") from None
         except Exception as error:  # noqa: BLE001 - a template that raises on these messages (jinja's raise_exception)
