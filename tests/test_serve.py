@@ -79,6 +79,13 @@ class Server:
             self.proc.wait(10)
 
 
+def wait_for(condition, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def server(tiny_chat_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The tiny chat checkpoint, self-speculative, greedy by default, 4 rows."""
@@ -248,11 +255,8 @@ def test_disconnect_frees_the_row_and_metrics(server: Server) -> None:
             lines += bool(line.startswith("data: "))
             if lines >= 3:
                 break  # leave mid-stream: the connection closes
-    deadline = time.monotonic() + 10
-    while server.metric("layerskip:requests_total", outcome="aborted") == aborted:
-        assert time.monotonic() < deadline, "the disconnected request was not aborted"
-        time.sleep(0.05)
-    assert server.metric("layerskip:num_requests_running") == 0
+    wait_for(lambda: server.metric("layerskip:requests_total", outcome="aborted") > aborted
+             and server.metric("layerskip:num_requests_running") == 0, "the disconnected request was not aborted")
     assert server.metric("layerskip:generation_tokens_total") - generated < 2000  # it did not run to the end
     assert httpx.get(f"{server.url}/health", timeout=10).json()["queued_or_running"] == 0
     # the counters of what ran before (self-speculative: drafts were checked)
@@ -290,16 +294,13 @@ def test_queue_full_then_sigterm_exits_0(tmp_path: Path) -> None:
         threads = [threading.Thread(target=consume, args=(i,), daemon=True) for i in range(2)]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 20
-        while httpx.get(f"{srv.url}/health", timeout=10).json()["queued_or_running"] < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: httpx.get(f"{srv.url}/health", timeout=10).json()["queued_or_running"] == 2, "both queued")
         full = srv.post("/v1/completions", {"prompt": "x", "max_tokens": 2}, key=None)
         assert _error(full, 429, None)["code"] == "queue_full" and full.headers["retry-after"]
         with pytest.raises(openai.RateLimitError):
             client.completions.create(model=name, prompt="x", max_tokens=2)
         assert srv.metric("layerskip:requests_total", outcome="rejected") == 2
-        assert srv.metric("layerskip:num_requests_running") == 1
+        wait_for(lambda: srv.metric("layerskip:num_requests_running") == 1, "one row runs")
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(20) == 0, srv.log.read_text()
         for thread in threads:
@@ -322,3 +323,55 @@ def test_cli_errors_are_one_line(tiny_dir: Path) -> None:
                               "cannot listen")
     finally:
         busy.close()
+
+
+def test_a_failed_step_fails_its_requests_not_the_server(tiny_model) -> None:
+    """In-process: the engine thread survives a step that raises (its requests get a 500, the engine is
+    rebuilt, the next request is served)."""
+    import asyncio
+
+    from layerskip.decoding.engine import Engine
+    from layerskip.decoding.sampling import SamplingConfig
+    from layerskip.decoding.settings import GenerationConfig
+    from layerskip.serve.engine_loop import EngineLoop, Failed, Finished, Submission
+    from layerskip.serve.metrics import Metrics
+
+    built: list[Engine] = []
+
+    def make() -> Engine:
+        engine = Engine(tiny_model, max_rows=2, max_length=64)
+        if not built:
+            def broken() -> list:
+                raise RuntimeError("boom")
+            engine.step = broken  # type: ignore[method-assign]
+        built.append(engine)
+        return engine
+
+    metrics = Metrics("tiny")
+    engine_loop = EngineLoop(make, metrics, capacity=4)
+    engine_loop.start()
+    config = GenerationConfig(max_steps=5, sampling=SamplingConfig(sample=False))
+
+    async def last_event(submission: Submission):
+        while True:
+            event = await asyncio.wait_for(submission.events.get(), 20)
+            if isinstance(event, (Failed, Finished)):
+                return event
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        first = Submission([3, 4, 5], config, None, loop)
+        engine_loop.submit(first)
+        failed = await last_event(first)
+        assert isinstance(failed, Failed) and failed.status == 500
+        second = Submission([3, 4, 5], config, None, loop)
+        engine_loop.submit(second)
+        done = await last_event(second)
+        assert isinstance(done, Finished) and len(done.result.token_ids) == 5
+
+    try:
+        asyncio.run(main())
+        assert engine_loop.alive and engine_loop.active == 0 and len(built) == 2
+    finally:
+        engine_loop.close()
+    assert not engine_loop.alive

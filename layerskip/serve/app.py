@@ -239,14 +239,16 @@ def create_app(settings: ServeSettings, backend: Backend) -> FastAPI:
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
     def stream(request: Request, submission: Submission, prompt_len: int, include_usage: bool,
-               chunk: Callable[[str | None, str | None, bool], dict[str, Any]]) -> StreamingResponse:
-        """``chunk(text, finish_reason, first)``: one SSE chunk's body."""
+               chunk: Callable[[str | None, str | None, bool], dict[str, Any] | None]) -> StreamingResponse:
+        """``chunk(text, finish_reason, first)``: one SSE chunk's body (the first one: None for none)."""
         text = TextStream(decode, submission.config.stop_words)
 
         async def events() -> AsyncIterator[str]:
             tokens: list[int] = []
             try:
-                yield sse(chunk(None, None, True))
+                opening = chunk(None, None, True)
+                if opening is not None:
+                    yield sse(opening)
                 while True:
                     event = await submission.events.get()
                     if isinstance(event, Failed):
@@ -261,6 +263,7 @@ def create_app(settings: ServeSettings, backend: Backend) -> FastAPI:
                         yield sse(chunk(None, finish_reason(event.result), False))
                         if include_usage:
                             last = chunk(None, None, False)
+                            assert last is not None
                             last["choices"], last["usage"] = [], usage(prompt_len, len(event.result.token_ids))
                             yield sse(last)
                         break
@@ -300,7 +303,9 @@ def create_app(settings: ServeSettings, backend: Backend) -> FastAPI:
         ident, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-        def chunk(piece: str | None, reason: str | None, first: bool) -> dict[str, Any]:
+        def chunk(piece: str | None, reason: str | None, first: bool) -> dict[str, Any] | None:
+            if first:
+                return None  # a completion's stream starts with its first text
             out = {"id": ident, "object": "text_completion", "created": now, "model": settings.model_name,
                    "choices": [{"index": 0, "text": piece or "", "logprobs": None, "finish_reason": reason}]}
             if include_usage:

@@ -105,7 +105,7 @@ class EngineLoop:
     def submit(self, submission: Submission) -> None:
         """Queue a request (``Full`` when ``capacity`` are queued or running, ``Closed`` when stopping)."""
         with self._lock:
-            if self._closed:
+            if self._closed or self._thread is None or not self._thread.is_alive():
                 raise Closed()
             if self._active >= self.capacity:
                 raise Full()
@@ -143,6 +143,25 @@ class EngineLoop:
 
     def _run(self) -> None:
         by_id: dict[int, Submission] = {}
+        try:
+            self._loop(by_id)
+        except BaseException as error:  # the thread itself failed (e.g. no engine could be rebuilt): fail them all
+            log.error("the engine thread stopped: %s: %s", type(error).__name__, error)
+            with self._lock:
+                self._closed = True
+            for submission in by_id.values():
+                self._release(submission)
+                submission.emit(Failed(500, "the engine stopped"))
+            while True:
+                try:
+                    command, submission = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                if command == "add":
+                    self._release(submission)
+                    submission.emit(Failed(500, "the engine stopped"))
+
+    def _loop(self, by_id: dict[int, Submission]) -> None:
         engine = self.engine
         assert engine is not None
         while True:
@@ -160,9 +179,9 @@ class EngineLoop:
                 elif command == "cancel":
                     for submission in by_id.values():
                         engine.abort(submission.engine_id)  # type: ignore[arg-type]
-                        submission.emit(Failed(503, "the server is shutting down"))
-                        self.metrics.outcome("aborted")
                         self._release(submission)
+                        self.metrics.outcome("aborted")
+                        submission.emit(Failed(503, "the server is shutting down"))
                     by_id.clear()
                 elif command == "add":
                     self._add(engine, submission, by_id)
@@ -173,9 +192,9 @@ class EngineLoop:
                     self._release(submission)
             if stopping:
                 for submission in by_id.values():
-                    submission.emit(Failed(503, "the server is shutting down"))
-                    self.metrics.outcome("aborted")
                     self._release(submission)
+                    self.metrics.outcome("aborted")
+                    submission.emit(Failed(503, "the server is shutting down"))
                 self.metrics.rows(0, 0)
                 return
             if engine.unfinished:
@@ -186,9 +205,9 @@ class EngineLoop:
                               type(error).__name__, error, len(by_id))
                     message = str(error) if isinstance(error, LayerskipError) else "internal error while decoding"
                     for submission in by_id.values():
-                        submission.emit(Failed(500, message))
-                        self.metrics.outcome("error")
                         self._release(submission)
+                        self.metrics.outcome("error")
+                        submission.emit(Failed(500, message))
                     by_id.clear()
                     engine = self.engine = self.make_engine()
                     outputs = []
@@ -199,10 +218,10 @@ class EngineLoop:
         try:
             submission.engine_id = engine.add_request(submission.prompt_ids, submission.config, submission.decode)
         except Exception as error:  # noqa: BLE001 - a request the engine refuses fails alone
+            self._release(submission)
+            self.metrics.outcome("invalid")
             submission.emit(Failed(400, str(error) if isinstance(error, LayerskipError) else
                                    f"the engine refused this request ({type(error).__name__}: {error})"))
-            self.metrics.outcome("invalid")
-            self._release(submission)
             return
         by_id[submission.engine_id] = submission
         self.metrics.queued(len(submission.prompt_ids))
@@ -222,7 +241,7 @@ class EngineLoop:
                 result = output.result
                 self.metrics.finished(result.stats)
                 self.metrics.outcome("length" if result.stats.stop_reason == "max_steps" else "stop")
-                submission.emit(Finished(list(output.token_ids), result))
                 self._release(submission)
+                submission.emit(Finished(list(output.token_ids), result))
             elif output.token_ids:
                 submission.emit(Tokens(list(output.token_ids)))
