@@ -216,6 +216,8 @@ def test_bad_input_is_an_openai_error(server: Server) -> None:
          "tools"),
         ("/v1/chat/completions", {**chat, "response_format": {"type": "json_object"}}, None, 400, "response_format"),
         ("/v1/completions", {**ok, "frobnicate": 1}, None, 400, "frobnicate"),
+        ("/v1/completions", {**ok, "stream": True, "stream_options": {"continuous_usage_stats": True}}, None, 400,
+         "stream_options.continuous_usage_stats"),
     ]
     for path, body, content, status, param in cases:
         _error(server.post(path, body, content), status, param)

@@ -39,7 +39,6 @@ class _Body(BaseModel):
 
 class StreamOptions(_Body):
     include_usage: bool | None = None
-    continuous_usage_stats: bool | None = None
 
 
 class TextPart(_Body):
