@@ -26,6 +26,7 @@ property of the compiled model against itself, checked like the eager one's.
 from __future__ import annotations
 
 import inspect
+import types
 import weakref
 
 import torch
@@ -36,6 +37,10 @@ from layerskip.errors import LayerskipError
 from layerskip.model.decoder import LlamaForCausalLM
 from layerskip.files.storage import status
 from layerskip.kernels.policy import compile_problem
+
+
+#: models compiled in this process (names each one's code object)
+_models_compiled = 0
 
 
 def skips_guards() -> bool:
@@ -67,6 +72,13 @@ def compile_layers(model: LlamaForCausalLM) -> LlamaForCausalLM:
              sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return model.layer_loop(hidden, first, last, cache, slots, cos, sin, mask)
 
+    # dynamo keeps compiled graphs per code object, and the guard-skipping fast path below checks only the
+    # guards that tell one code object's graphs apart: each model gets a code object of its own, so one
+    # model's graphs (weights frozen in) are never candidates for another model's call
+    global _models_compiled
+    _models_compiled += 1
+    code = loop.__code__.replace(co_name=f"layer_loop_{_models_compiled}")
+    loop = types.FunctionType(code, loop.__globals__, code.co_name, loop.__defaults__, loop.__closure__)
     compiled = torch.compile(loop)
 
     # per cache: the one-token calls (layer range, grad mode) that already ran with every guard checked;
