@@ -29,6 +29,7 @@ def one_error_line(capsys) -> str:
     (["--max_steps", "7"], "generation.max_steps"),
     (["--sample", "True"], "generation.sampling.sample"),
     (["--num_samples", "1"], "num_samples"),
+    (["--batch_size", "2"], "batch_size"),
     (["--compare", "autoregressive", "self_speculative", "--exit_layer", "2", "--num_speculations", "2"], "strategies"),
 ])
 def test_resume_with_other_settings_refuses_and_leaves_the_run_alone(finished_run, tiny_dir, capsys, change, key):

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     specs = strategy_specs(args, harness.loaded)
     harness.ensure_engines(specs)
     fingerprint = run_fingerprint(harness.loaded.path, harness.loaded.model, harness.samples, [s.label for s in specs],
-                                  harness.config, execute)
+                                  harness.config, execute, args.batch_size)
     world = harness.world
     paths = run_paths(args.output_dir, "benchmark", args.dataset, args.resume, fingerprint) if world.is_main else None
     json_path, samples_path = world.broadcast(paths)

@@ -72,9 +72,9 @@ def differences(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str
 
 
 def run_fingerprint(model_path: Path, model: Any, samples: Iterable[Any], labels: list[str], generation: Any,
-                    code_execution: bool = False) -> dict[str, Any]:
+                    code_execution: bool = False, batch_size: int = 1) -> dict[str, Any]:
     """Everything that determines a run's records (model files, samples, strategies, generation
-    settings, dtype, device, code execution): a resumed run must match it exactly."""
+    settings, dtype, device, code execution, rows decoded together): a resumed run must match it exactly."""
     from dataclasses import asdict
 
     samples = list(samples)
@@ -87,4 +87,5 @@ def run_fingerprint(model_path: Path, model: Any, samples: Iterable[Any], labels
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": model.device.type,
         "code_execution": code_execution,
+        **({"batch_size": batch_size} if batch_size != 1 else {}),
     })
