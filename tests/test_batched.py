@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from helpers import dampen_layers
-from test_sampling import chi2, chi2_critical
+from test_sampling import chi2, chi2_critical, three_token_law
 
 from layerskip.checkpoints.loading import load_model
 from layerskip.decoding.engine import Engine
 from layerskip.decoding.loop import generate, generate_many
-from layerskip.decoding.sampling import SamplingConfig, probabilities, process_logits
+from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.settings import AUTOREGRESSIVE, Decoding, GenerationConfig
 from layerskip.decoding.strategy import Strategy
 from layerskip.drafters.config import DraftConfig, build_drafter
@@ -184,18 +184,7 @@ def test_batched_sampling_reproduces_the_full_model_distribution(tiny_dir):
     model = prepare_for_inference(model)
     sampling = SamplingConfig(sample=True, temperature=1.5, top_k=3, top_p=1.0)
     prompt = [0, 17, 42]
-    exact: dict[tuple, float] = {}
-    with torch.no_grad():
-        def dist(ctx):
-            return probabilities(process_logits(model(torch.tensor([ctx]))[0, -1:].float(), sampling))[0]
-
-        p1 = dist(prompt)
-        for a in torch.nonzero(p1).flatten().tolist():
-            p2 = dist(prompt + [a])
-            for b in torch.nonzero(p2).flatten().tolist():
-                p3 = dist(prompt + [a, b])
-                for c in torch.nonzero(p3).flatten().tolist():
-                    exact[(a, b, c)] = float(p1[a] * p2[b] * p3[c])
+    exact = three_token_law(model, prompt, sampling)
     n = 1200
     configs = [GenerationConfig(max_steps=3, sampling=sampling, seed=seed) for seed in range(n)]
     decoding = Decoding(Strategy.parse("self_speculative:exit_layer=1,num_speculations=2").decoding(4).drafter)

@@ -82,17 +82,12 @@ def make_drafter(kind: str, model, directory):
     return AdapterDrafter(directory, 2, draft_vocab=200 if kind == "adapter_draft_vocab" else None)
 
 
-@pytest.mark.parametrize("kind", ["early_exit", "draft_vocab", "adapter", "adapter_draft_vocab"])
-def test_self_speculative_sampling_reproduces_full_model_distribution(tiny_dir, tmp_path, kind):
-    """Joint law of the first three generated tokens vs the exact full-model law (top-k 3)."""
-    tiny_model = load_model(tiny_dir, torch.device("cpu"), torch.float32)
-    dampen_layers(tiny_model, 1, 0.3)  # the exit-1 draft agrees with the full model only partly
-    sampling = SamplingConfig(sample=True, temperature=1.5, top_k=3, top_p=1.0)
-    prompt = [0, 17, 42]
+def three_token_law(model, prompt: list[int], sampling: SamplingConfig) -> dict[tuple, float]:
+    """The full model's exact joint law of the first three tokens after ``prompt`` under ``sampling``."""
     exact: dict[tuple, float] = {}
     with torch.no_grad():
         def dist(ctx):
-            return probabilities(process_logits(tiny_model(torch.tensor([ctx]))[0, -1:].float(), sampling))[0]
+            return probabilities(process_logits(model(torch.tensor([ctx]))[0, -1:].float(), sampling))[0]
 
         p1 = dist(prompt)
         for a in torch.nonzero(p1).flatten().tolist():
@@ -101,6 +96,17 @@ def test_self_speculative_sampling_reproduces_full_model_distribution(tiny_dir, 
                 p3 = dist(prompt + [a, b])
                 for c in torch.nonzero(p3).flatten().tolist():
                     exact[(a, b, c)] = float(p1[a] * p2[b] * p3[c])
+    return exact
+
+
+@pytest.mark.parametrize("kind", ["early_exit", "draft_vocab", "adapter", "adapter_draft_vocab"])
+def test_self_speculative_sampling_reproduces_full_model_distribution(tiny_dir, tmp_path, kind):
+    """Joint law of the first three generated tokens vs the exact full-model law (top-k 3)."""
+    tiny_model = load_model(tiny_dir, torch.device("cpu"), torch.float32)
+    dampen_layers(tiny_model, 1, 0.3)  # the exit-1 draft agrees with the full model only partly
+    sampling = SamplingConfig(sample=True, temperature=1.5, top_k=3, top_p=1.0)
+    prompt = [0, 17, 42]
+    exact = three_token_law(tiny_model, prompt, sampling)
     n = 1500
     counts: dict[tuple, int] = {}
     drafter = make_drafter(kind, tiny_model, tmp_path)

@@ -166,11 +166,6 @@ class Engine:
         """Rows decoding now."""
         return len(self._running)
 
-    @property
-    def waiting(self) -> int:
-        """Requests not yet in a row (prefilling included)."""
-        return len(self._waiting) + (self._prefilling is not None)
-
     # the loop ---------------------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -296,7 +291,8 @@ class Engine:
     def _cut(request: _Request, new: list[int]) -> tuple[list[int], str | None]:
         """The ``new`` tokens a request keeps and why it stops, if it does: through its first stop token,
         or through the token that completes a stop word."""
-        stops = frozenset(request.config.stop_token_ids)
+        assert request.row is not None, "a request's row exists from its first token on"
+        stops = request.row.stop_token_ids
         reason = None
         cut = next((i for i, token in enumerate(new) if token in stops), None)
         if cut is not None:

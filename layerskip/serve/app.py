@@ -277,6 +277,23 @@ def create_app(settings: ServeSettings, backend: Backend) -> FastAPI:
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    async def respond(request: Request, submission: Submission, streamed: bool, prompt_len: int, include_usage: bool,
+                      chunk: Callable[[str | None, str | None, bool], dict[str, Any] | None], config: GenerationConfig,
+                      ident: str, now: int, kind: str, choice: Callable[[str], dict[str, Any]]) -> Response:
+        """The answer to a submitted request: its SSE stream, or once finished one JSON object of ``kind``
+        whose choice holds ``choice(text)`` (499 when the client left first)."""
+        if streamed:
+            return stream(request, submission, prompt_len, include_usage, chunk)
+        done = await complete(request, submission)
+        if done is None:
+            return Response(status_code=499)
+        _, result = done
+        text = final_text(decode(result.token_ids), result.stats.stop_reason, config.stop_words)
+        return JSONResponse({"id": ident, "object": kind, "created": now, "model": settings.model_name,
+                             "choices": [{"index": 0, **choice(text), "logprobs": None,
+                                          "finish_reason": finish_reason(result)}],
+                             "usage": usage(prompt_len, len(result.token_ids))})
+
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         check_key(request)
@@ -312,17 +329,8 @@ def create_app(settings: ServeSettings, backend: Backend) -> FastAPI:
                 out["usage"] = None
             return out
 
-        if body.stream:
-            return stream(request, submission, len(prompt_ids), include_usage, chunk)
-        done = await complete(request, submission)
-        if done is None:
-            return Response(status_code=499)
-        tokens, result = done
-        text = final_text(decode(result.token_ids), result.stats.stop_reason, config.stop_words)
-        return JSONResponse({"id": ident, "object": "text_completion", "created": now, "model": settings.model_name,
-                             "choices": [{"index": 0, "text": text, "logprobs": None,
-                                          "finish_reason": finish_reason(result)}],
-                             "usage": usage(len(prompt_ids), len(result.token_ids))})
+        return await respond(request, submission, body.stream, len(prompt_ids), include_usage, chunk, config,
+                             ident, now, "text_completion", lambda text: {"text": text})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -363,17 +371,8 @@ def create_app(settings: ServeSettings, backend: Backend) -> FastAPI:
                 out["usage"] = None
             return out
 
-        if body.stream:
-            return stream(request, submission, len(prompt_ids), include_usage, chunk)
-        done = await complete(request, submission)
-        if done is None:
-            return Response(status_code=499)
-        tokens, result = done
-        text = final_text(decode(result.token_ids), result.stats.stop_reason, config.stop_words)
-        return JSONResponse({"id": ident, "object": "chat.completion", "created": now, "model": settings.model_name,
-                             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                          "logprobs": None, "finish_reason": finish_reason(result)}],
-                             "usage": usage(len(prompt_ids), len(result.token_ids))})
+        return await respond(request, submission, body.stream, len(prompt_ids), include_usage, chunk, config,
+                             ident, now, "chat.completion", lambda text: {"message": {"role": "assistant", "content": text}})
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
