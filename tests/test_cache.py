@@ -110,3 +110,21 @@ def test_verification_reuses_draft_states(tiny_model):
         full = model(torch.tensor([prompt + draft.tokens[0]]))[0, -5:].argmax(-1).tolist()
     n = verdict.accepted
     assert verdict.tokens == draft.tokens[0][:n] + [full[n]]
+
+
+def test_a_prefill_attends_only_over_the_slots_written(tiny_model):
+    """A prompt prefilled into a long cache (a server's) attends over slots 0..start+T-1, not the whole
+    capacity: the mask is that wide, and the result equals the same prefill into a cache just long enough."""
+    ids = torch.randint(0, tiny_model.config.vocab_size, (2, 40))
+    long, short = (KVCache(tiny_model.config, 2, capacity, "cpu", torch.float32) for capacity in (4000, 60))
+    *_, mask = tiny_model.slot_inputs(long, 0, 40, 2)
+    assert mask.shape == (2, 1, 40, 40)
+    *_, mask = tiny_model.slot_inputs(long, [10, 3], 20, 2)  # per-row starts: up to the furthest row's end
+    assert mask.shape[-1] == 30
+    with torch.inference_mode():
+        hidden = [tiny_model.run_layers(tiny_model.embed(ids), 0, tiny_model.num_layers, c, 0) for c in (long, short)]
+        torch.testing.assert_close(hidden[0], hidden[1], rtol=0, atol=1e-6)
+        # then a chunk after it, each row from its own start
+        more = torch.randint(0, tiny_model.config.vocab_size, (2, 20))
+        after = [tiny_model.run_layers(tiny_model.embed(more), 0, tiny_model.num_layers, c, [40, 33]) for c in (long, short)]
+    torch.testing.assert_close(after[0], after[1], rtol=0, atol=1e-6)

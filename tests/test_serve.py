@@ -307,7 +307,7 @@ def test_queue_full_then_sigterm_exits_0(tmp_path: Path) -> None:
         assert srv.proc.wait(20) == 0, srv.log.read_text()
         for thread in threads:
             thread.join(10)
-        assert received[0] > 0
+        assert max(received) > 0, received
         assert "Traceback" not in srv.log.read_text()
     finally:
         srv.stop()

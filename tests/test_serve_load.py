@@ -22,6 +22,16 @@ def test_quantiles_and_inter_token_latency():
     assert serve_load.Request(ok=True, output_tokens=1, ttft=0.2, last=0.2).inter_token is None
 
 
+def test_phases_of_a_round_share_no_prompt_and_servers_share_each_phase():
+    prompts = [f"p{i}" for i in range(60)]
+    phases = [serve_load.phase_prompts(prompts, [1, 4, 8], 3, c, 0) for c in (1, 4, 8)]
+    assert [len(p) for p in phases] == [3, 12, 24]
+    flat = [p for phase in phases for p in phase]
+    assert len(set(flat)) == len(flat) and not set(flat) & set(prompts[-serve_load.WARMUP:])
+    assert serve_load.phase_prompts(prompts, [1, 4, 8], 3, 4, 0) == phases[1]
+    assert not set(serve_load.phase_prompts(prompts, [1, 4, 8], 1, 1, 1)) & set(prompts[:1])
+
+
 def test_median_round_is_reported():
     entries = [dict(server="layerskip_sd", workload="chat", clients=1, round=r, tokens_per_second=t)
                for r, t in enumerate([30.0, 10.0, 20.0])]

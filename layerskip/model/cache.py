@@ -108,16 +108,18 @@ class KVCache:
         """Rotary positions ``[batch, T]`` of the tokens at ``slots`` (``[T]`` or ``[batch, T]``)."""
         return slots.expand(self.batch_size, -1) if slots.dim() == 1 else slots
 
-    def mask(self, slots: torch.Tensor) -> torch.Tensor:
-        """Boolean causal attention mask ``[batch, 1, T, capacity]``: the query at slot ``s`` sees key slots
-        ``0..s`` of its row."""
-        return (self._keys[None, None, None, :] <= self._queries(slots)).expand(self.batch_size, -1, -1, -1)
+    def mask(self, slots: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        """Boolean causal attention mask ``[batch, 1, T, width]`` over key slots ``0..width-1`` (default:
+        the whole capacity): the query at slot ``s`` sees key slots ``0..s`` of its row. A mask narrower
+        than the capacity makes attention read only those slots (``Attention.forward``)."""
+        keys = self._keys[:width]
+        return (keys[None, None, None, :] <= self._queries(slots)).expand(self.batch_size, -1, -1, -1)
 
-    def window(self, slots: torch.Tensor, size: int) -> torch.Tensor:
-        """Boolean band ``[batch or 1, 1, T, capacity]``: the query at slot ``s`` sees key slots above
-        ``s - size`` (a sliding window of ``size`` positions, itself included). ``mask(slots) &
-        window(slots, size)`` is a local attention layer's mask."""
-        return self._keys[None, None, None, :] > self._queries(slots) - size
+    def window(self, slots: torch.Tensor, size: int, width: int | None = None) -> torch.Tensor:
+        """Boolean band ``[batch or 1, 1, T, width]``: the query at slot ``s`` sees key slots above
+        ``s - size`` (a sliding window of ``size`` positions, itself included). ``mask(slots, width) &
+        window(slots, size, width)`` is a local attention layer's mask."""
+        return self._keys[None, None, None, :width] > self._queries(slots) - size
 
     @staticmethod
     def _queries(slots: torch.Tensor) -> torch.Tensor:

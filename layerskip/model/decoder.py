@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layerskip.kernels.policy import attention_dtype
+from layerskip.kernels.policy import NATIVE_ATTENTION_QUERIES, attention_dtype
 from layerskip.model.cache import KVCache
 from layerskip.model.config import ModelConfig
 from layerskip.model.rope import RotaryTable, apply_rotary
@@ -122,6 +122,8 @@ class Attention(nn.Module):
         if cache is not None and t <= self.native_queries:
             out = torch.ops.layerskip.cached_attention(q.transpose(1, 2), k, v, mask, self.scale)
         else:
+            if mask is not None and mask.shape[-1] < k.shape[2]:  # only the slots the mask covers (a prefill)
+                k, v = k[:, :, : mask.shape[-1]], v[:, :, : mask.shape[-1]]
             gqa = self.n_heads != self.n_kv
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale,
                                                  enable_gqa=gqa).transpose(1, 2)
@@ -292,10 +294,20 @@ class LlamaForCausalLM(nn.Module):
             hidden = layers[i](hidden, cos, sin, i, cache, slots, mask, i in skip.attn, i in skip.mlp)
         return hidden
 
+    def attention_width(self, cache: KVCache, start: int | Sequence[int], t: int) -> int:
+        """Key slots a forward over T tokens from ``start`` attends over. The whole capacity where the native
+        kernel attends (it skips hidden slots itself) and for a compiled graph's few-token calls (static
+        shapes: one graph for every decode step); otherwise only up to the last slot written, so a prefill
+        into a long cache (a server's) does not attend over empty slots."""
+        few = t <= NATIVE_ATTENTION_QUERIES
+        if t <= self.model.layers[0].self_attn.native_queries or (few and self.compiled_layers is not None):
+            return cache.capacity
+        return end_slot(start, t)
+
     def slot_inputs(self, cache: KVCache | None, start: int | Sequence[int], t: int, batch: int) -> SlotInputs:
         """What a forward over T tokens from slot ``start`` (one for all rows or one per row) needs: slot
         indices ``[T]`` or ``[batch, T]``, rotary cos/sin ``[batch, T, 1, head_dim]`` at each row's positions ``[batch, T]``, and the attention mask
-        ``[batch, 1, T, capacity]`` (``layerskip.model.cache.KVCache.mask``, made additive — 0 or -inf in
+        ``[batch, 1, T, width]`` (``attention_width``; ``layerskip.model.cache.KVCache.mask``, made additive — 0 or -inf in
         the attention dtype — once here rather than by every layer's attention). Without a cache:
         positions ``start..`` in every row, no slots and no mask (causal attention over the T tokens)."""
         if cache is None:
@@ -304,7 +316,7 @@ class LlamaForCausalLM(nn.Module):
             positions = torch.arange(start, start + t, device=self.device).expand(batch, t)
         else:
             slots = cache.slots(start, t)
-            positions, visible = cache.positions(slots), cache.mask(slots)
+            positions, visible = cache.positions(slots), cache.mask(slots, self.attention_width(cache, start, t))
             mask = torch.zeros(visible.shape, dtype=cache.dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
         cos, sin = self.rotary().cos_sin(positions, end_slot(start, t))
         return slots, cos, sin, mask

@@ -177,7 +177,7 @@ class Gemma3ForCausalLM(LlamaForCausalLM):
 
     def slot_inputs(self, cache: KVCache | None, start: int | Sequence[int], t: int, batch: int) -> SlotInputs:
         """Slot indices (``[T]``, or ``[batch, T]`` for a start per row) and, per layer type (global, local), rotary cos/sin ``[batch, T, 1,
-        head_dim]`` and the additive mask ``[batch, 1, T, capacity]`` (local: ``KVCache.window`` on top
+        head_dim]`` and the additive mask ``[batch, 1, T, width]`` (``attention_width``; local: ``KVCache.window`` on top
         of the causal mask). Without a cache: positions ``start..``, the global layers causal (no mask)
         and the local ones masked only when the T tokens outnumber the window."""
         window = self.config.sliding_window or t
@@ -190,9 +190,10 @@ class Gemma3ForCausalLM(LlamaForCausalLM):
             masks = (None, band[None, None] if t > window else None)
         else:
             slots = cache.slots(start, t)
-            positions, visible = cache.positions(slots), cache.mask(slots)
+            width = self.attention_width(cache, start, t)
+            positions, visible = cache.positions(slots), cache.mask(slots, width)
             zeros = torch.zeros(visible.shape, dtype=cache.dtype, device=visible.device)
-            local = visible & cache.window(slots, window)
+            local = visible & cache.window(slots, window, width)
             masks = (zeros.masked_fill(~visible, float("-inf")), zeros.masked_fill_(~local, float("-inf")))
         limit = end_slot(start, t)
         (cos, sin), (local_cos, local_sin) = self.rotary().cos_sin(positions, limit), self.local_rotary().cos_sin(positions, limit)

@@ -96,18 +96,19 @@ def create_app(settings: ServeSettings, backend: Backend) -> FastAPI:
         with tokenizer_lock:
             return encode_chat(tokenizer, messages)
 
+    engine_loop = EngineLoop(backend.make_engine, metrics, settings.max_num_seqs + settings.max_queue_size)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine_loop = EngineLoop(backend.make_engine, metrics, settings.max_num_seqs + settings.max_queue_size)
-        await asyncio.to_thread(engine_loop.start)  # builds the engine (allocates its cache)
-        app.state.engine_loop = engine_loop
+        if not engine_loop.alive:  # not run by ``layerskip.serve.server.serve``: a thread of its own
+            await asyncio.to_thread(engine_loop.start)  # builds the engine (allocates its cache)
         try:
             yield
         finally:
             await asyncio.to_thread(engine_loop.close)
 
     app = FastAPI(title="layerskip", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.settings, app.state.metrics = settings, metrics
+    app.state.settings, app.state.metrics, app.state.engine_loop = settings, metrics, engine_loop
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError) -> JSONResponse:

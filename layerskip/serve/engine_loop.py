@@ -1,8 +1,14 @@
-"""The engine's one thread: ``layerskip.decoding.engine.Engine`` is not thread-safe, so one dedicated
-thread owns it. It takes new requests and aborts from a thread-safe queue, steps the engine while there is
-work (continuous batching: requests join and leave between rounds), and hands each request's outputs to
-its asyncio queue on the server's event loop (``loop.call_soon_threadsafe``). The HTTP handlers talk to
-the engine only through ``submit`` and ``abort``.
+"""The engine's one thread: ``layerskip.decoding.engine.Engine`` is not thread-safe, so one thread owns
+it. It takes new requests and aborts from a thread-safe queue, steps the engine while there is work
+(continuous batching: requests join and leave between rounds), and hands each request's outputs to its
+asyncio queue on the server's event loop (``loop.call_soon_threadsafe``). The HTTP handlers talk to the
+engine only through ``submit`` and ``abort``.
+
+``layerskip serve`` runs the loop on the process's main thread (``run``) and the HTTP server on another
+(``layerskip.serve.server``): the model was loaded there, so its OpenMP thread team is the one that
+decodes. A second thread decoding would start a second team, and with more OpenMP threads than cores
+libgomp stops spinning between parallel regions (measured on 2 cores: 12 ms per token on the loading
+thread, 19 ms on another). ``start`` runs it on a thread of its own instead (embedding, tests).
 
 Admission is bounded: at most ``capacity`` requests are queued or running at once (``submit`` refuses
 more). A step that fails fails the requests it was decoding (not the process) and the engine is rebuilt.
@@ -83,19 +89,37 @@ class EngineLoop:
         self._lock = threading.Lock()
         self._active = 0
         self._closed = False
+        self._serving = False
         self._thread: threading.Thread | None = None
         self.engine: Engine | None = None
 
     # the event loop's side ---------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Build the engine (allocating its cache) and take requests; ``run`` will step them."""
+        if self.engine is None:
+            self.engine = self.make_engine()
+        self._serving = True
+
+    def run(self) -> None:
+        """Step the engine in the calling thread until ``close`` (or the loop fails)."""
+        self.prepare()
+        self._run()
+
     def start(self) -> None:
-        self.engine = self.make_engine()
+        """Build the engine here and step it on a thread of its own."""
+        self.prepare()
         self._thread = threading.Thread(target=self._run, name="layerskip-engine", daemon=True)
         self._thread.start()
 
+    def call(self, function: Callable[[], None]) -> None:
+        """Run ``function`` on the engine's thread between rounds (safe from a signal handler: the
+        command queue's ``put`` is reentrant)."""
+        self._commands.put(("call", function))
+
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._closed
+        return self._serving and not self._closed
 
     @property
     def active(self) -> int:
@@ -105,7 +129,7 @@ class EngineLoop:
     def submit(self, submission: Submission) -> None:
         """Queue a request (``Full`` when ``capacity`` are queued or running, ``Closed`` when stopping)."""
         with self._lock:
-            if self._closed or self._thread is None or not self._thread.is_alive():
+            if self._closed or not self._serving:
                 raise Closed()
             if self._active >= self.capacity:
                 raise Full()
@@ -131,7 +155,7 @@ class EngineLoop:
         with self._lock:
             self._closed = True
         self._commands.put(("stop", None))
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     # the engine thread's side ------------------------------------------------------------------------
@@ -145,10 +169,12 @@ class EngineLoop:
         by_id: dict[int, Submission] = {}
         try:
             self._loop(by_id)
+            self._serving = False
         except BaseException as error:  # the thread itself failed (e.g. no engine could be rebuilt): fail them all
             log.error("the engine thread stopped: %s: %s", type(error).__name__, error)
             with self._lock:
                 self._closed = True
+            self._serving = False
             for submission in by_id.values():
                 self._release(submission)
                 submission.emit(Failed(500, "the engine stopped"))
@@ -176,6 +202,8 @@ class EngineLoop:
                 block = False
                 if command == "stop":
                     stopping = True
+                elif command == "call":
+                    submission()
                 elif command == "cancel":
                     for submission in by_id.values():
                         engine.abort(submission.engine_id)  # type: ignore[arg-type]

@@ -1,9 +1,13 @@
-"""Running the app on uvicorn with a graceful shutdown that exits 0.
+"""Running the app: uvicorn on a thread, the engine loop on the main thread, and a graceful shutdown.
 
-On SIGTERM or SIGINT the server stops accepting connections and refuses new requests (503) at once; the
-running requests may finish for ``grace`` seconds, then the engine ends them (a stream gets an error event
-and ``data: [DONE]``, a plain request a 503), so their connections close before uvicorn's own backstop
-(which would cancel the handlers with a traceback). Then the engine thread stops and ``serve`` returns.
+The engine steps on the thread that loaded the model (``layerskip.serve.engine_loop``: one OpenMP team,
+spinning between parallel regions); uvicorn serves HTTP from a thread of its own (it installs no signal
+handlers there). SIGTERM and SIGINT reach the main thread, whose handlers only queue the shutdown for
+the engine loop to start between rounds: the server stops accepting connections and refuses new
+requests (503) at once; the running requests may finish for ``grace`` seconds, then the engine ends them
+(a stream gets an error event and ``data: [DONE]``, a plain request a 503), so their connections close
+before uvicorn's own backstop (which would cancel the handlers with a traceback). Then uvicorn's
+shutdown closes the engine loop, ``serve`` returns and the command exits 0.
 """
 
 from __future__ import annotations
@@ -39,11 +43,24 @@ def serve(app: FastAPI, sock: socket.socket, grace: float, log_level: str = "inf
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=grace + 10, lifespan="on",
                             proxy_headers=False, server_header=False)
     server = _Server(config, app, grace)
-    # uvicorn raises the signal again once it has shut down: that second delivery finds these do-nothing
-    # handlers, so a clean shutdown returns (and the command exits 0) instead of dying of the signal
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    engine_loop = app.state.engine_loop
+    engine_loop.prepare()  # the engine is built here, on the main thread, before a request can arrive
+
+    def run_http() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:
+            engine_loop.close()  # whatever ended uvicorn (a failed start too) ends the engine loop
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        engine_loop.call(lambda: server.handle_exit(sig, None))
+
+    http = threading.Thread(target=run_http, name="uvicorn", daemon=True)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run(sockets=[sock])
+        http.start()
+        engine_loop.run()
+        http.join()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
