@@ -19,8 +19,6 @@ autoregressive output, in float32 (``layerskip correctness``).
 
 from __future__ import annotations
 
-import queue
-import threading
 from dataclasses import fields
 from typing import Any, Iterator, Sequence
 
@@ -30,7 +28,8 @@ from layerskip.checkpoints.loading import load
 from layerskip.decoding.chat import Message, encode_chat
 from layerskip.decoding.detokenize import IncrementalText
 from layerskip.decoding.results import GenerationResult
-from layerskip.decoding.loop import generate, generate_many
+from layerskip.decoding.settings import Decoding, GenerationConfig
+from layerskip.decoding.loop import generate_many, generate_steps
 from layerskip.decoding.strategy import NAMES, Strategy
 from layerskip.drafters.config import DraftConfig, load_draft_config, parse_skip_layers
 from layerskip.errors import LayerskipError
@@ -102,12 +101,9 @@ class LLM:
         return [RequestOutput(str(i), prompt, ids, [self._completion(result, sp)])
                 for i, (prompt, ids, result, sp) in enumerate(zip(prompts, encoded, results, params))]
 
-    def _run(self, request_id: str, prompt: str | None, ids: list[int], params: SamplingParams,
-             on_tokens: Any = None) -> RequestOutput:
+    def _settings(self, params: SamplingParams) -> tuple[GenerationConfig, Decoding]:
         config = params.generation_config(self.loaded.eos_token_ids, self.model.config.vocab_size)
-        decoding = self.strategy.decoding(self.model.num_layers, self.seed)
-        result = generate(self.model, ids, config, decoding, on_tokens, self.decode)
-        return RequestOutput(request_id, prompt, ids, [self._completion(result, params)])
+        return config, self.strategy.decoding(self.model.num_layers, self.seed)
 
     def _completion(self, result: GenerationResult, params: SamplingParams) -> CompletionOutput:
         text, stats = self.decode(result.token_ids), result.stats
@@ -157,31 +153,22 @@ class LLM:
             ids = encode_chat(self.tokenizer, prompt)  # type: ignore[arg-type]
         else:
             ids = self._ids(prompt)  # type: ignore[arg-type]
-        pieces: queue.Queue = queue.Queue()
-        done: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                done["output"] = self._run("0", None, ids, params, lambda tokens, accepted: pieces.put(tokens))
-            except BaseException as error:  # handed to the consumer
-                done["error"] = error
-            pieces.put(None)
-
-        thread = threading.Thread(target=work, name="layerskip-stream", daemon=True)
-        thread.start()
+        config, decoding = self._settings(params)
         text, sent = IncrementalText(self.decode), 0
         hold = max((len(s) for s in params.stop_strings), default=1) - 1
-        while (tokens := pieces.get()) is not None:
-            for token in tokens:
+        result = None
+        # decoded in this thread, between the pieces it yields (the model's own OpenMP team: another
+        # thread would start a second one, slower on a few cores: layerskip.serve.engine_loop)
+        for output in generate_steps(self.model, ids, config, decoding, self.decode):
+            result = output.result
+            for token in output.token_ids:
                 text.push(token)
             found = [text.text.find(s) for s in params.stop_strings if s in text.text]
             ready = min(found) if found else len(text.text) - hold  # never past a stop string's start
             if ready > sent:
                 yield text.text[sent:ready]
                 sent = ready
-        thread.join()
-        if "error" in done:
-            raise done["error"]
-        final = done["output"].outputs[0].text
+        assert result is not None
+        final = self._completion(result, params).text
         if len(final) > sent:
             yield final[sent:]

@@ -1,12 +1,13 @@
-"""Generating from Python: one sequence (``generate``, a batch of one) or many together
-(``generate_many``), both on the one decoding loop (``layerskip.decoding.engine.Engine``)."""
+"""Generating from Python: one sequence (``generate``, a batch of one; ``generate_steps`` round by
+round) or many together (``generate_many``), all on the one decoding loop
+(``layerskip.decoding.engine.Engine``)."""
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
-from layerskip.decoding.engine import Engine
+from layerskip.decoding.engine import Engine, StepOutput
 from layerskip.decoding.results import BatchSummary, GenerationResult
 from layerskip.decoding.settings import AUTOREGRESSIVE, Decoding, GenerationConfig
 from layerskip.errors import LayerskipError
@@ -14,6 +15,27 @@ from layerskip.model.decoder import LlamaForCausalLM
 
 #: called with the new tokens of a round and how many of them were accepted drafts
 TokenCallback = Callable[[list[int], int], None]
+
+
+def generate_steps(
+    model: LlamaForCausalLM,
+    prompt_ids: Sequence[int],
+    config: GenerationConfig,
+    decoding: Decoding = AUTOREGRESSIVE,
+    decode: Callable[[list[int]], str] | None = None,
+) -> Iterator[StepOutput]:
+    """Decode ``prompt_ids`` (a batch of one) in the caller's thread, yielding each round's ``StepOutput``
+    (its new tokens); the last one is ``finished`` and carries the result.
+
+    ``decode``: token ids -> text, needed only for ``stop_words``.
+    """
+    engine = Engine(model, decoding, max_rows=1, max_length=max(len(prompt_ids), 1) + config.max_steps)
+    engine.add_request(prompt_ids, config, decode)
+    while True:
+        for output in engine.step():
+            yield output
+            if output.finished:
+                return
 
 
 def generate(
@@ -29,15 +51,13 @@ def generate(
     ``on_tokens``: called after every round with its new tokens.
     ``decode``: token ids -> text, needed only for ``stop_words``.
     """
-    engine = Engine(model, decoding, max_rows=1, max_length=max(len(prompt_ids), 1) + config.max_steps)
-    engine.add_request(prompt_ids, config, decode)
-    while True:
-        for output in engine.step():
-            if on_tokens and output.token_ids:
-                on_tokens(output.token_ids, output.accepted)
-            if output.finished:
-                assert output.result is not None
-                return output.result
+    for output in generate_steps(model, prompt_ids, config, decoding, decode):
+        if on_tokens and output.token_ids:
+            on_tokens(output.token_ids, output.accepted)
+        if output.finished:
+            assert output.result is not None
+            return output.result
+    raise AssertionError("the engine ended a request without finishing it")
 
 
 def generate_many(
