@@ -3,7 +3,7 @@
 Each server is started by this script on a free loopback port, warmed up, loaded by ``C`` concurrent
 streaming clients (the real ``openai`` client) for every ``--clients`` level and workload, and stopped
 before the next starts, so no two servers share the CPU. A round visits every server; ``--rounds R``
-repeats the rotation and the table reports the median round.
+repeats the rotation over other prompts (the same for every server) and the table pools the rounds.
 
 Servers (``--servers``):
 
@@ -280,15 +280,26 @@ async def run_phase(url: str, args: argparse.Namespace, workload: str, clients: 
 
 # ---------------------------------------------------------------- report
 
-def median_rows(entries: list[dict]) -> list[dict]:
-    """One row per (workload, clients, server): the round with the median tokens/s."""
+def pooled_rows(entries: list[dict]) -> list[dict]:
+    """One row per (workload, clients, server), its rounds pooled (each round decodes other prompts, the
+    same for every server): tokens and requests over the rounds' summed wall time; latency percentiles are
+    the mean of the rounds' own."""
     groups: dict[tuple, list[dict]] = {}
     for entry in entries:
         groups.setdefault((entry["workload"], entry["clients"], entry["server"]), []).append(entry)
     rows = []
     for key in sorted(groups, key=lambda k: (WORKLOADS.index(k[0]), k[1], SERVERS.index(k[2]))):
-        ordered = sorted(groups[key], key=lambda e: e["tokens_per_second"])
-        rows.append(dict(ordered[(len(ordered) - 1) // 2], rounds=len(ordered)))
+        group = groups[key]
+        wall = sum(e["wall_s"] for e in group)
+        tokens, requests, failed = (sum(e[name] for e in group) for name in ("output_tokens", "requests", "failed"))
+        row = dict(server=key[2], workload=key[0], clients=key[1], rounds=len(group), requests=requests,
+                   failed=failed, output_tokens=tokens, wall_s=round(wall, 3),
+                   tokens_per_second=round(tokens / wall, 2), requests_per_second=round((requests - failed) / wall, 3),
+                   errors=sorted({error for e in group for error in e["errors"]})[:3])
+        for name in ("ttft_p50_ms", "ttft_p95_ms", "itl_p50_ms", "itl_p95_ms"):
+            values = [e[name] for e in group if e[name] is not None]
+            row[name] = round(sum(values) / len(values), 1) if values else None
+        rows.append(row)
     return rows
 
 
@@ -341,7 +352,7 @@ def main() -> int:
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 4, 8], help="concurrency levels")
     parser.add_argument("--requests", type=int, default=4, help="requests per client per phase")
     parser.add_argument("--max_tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=1, help="rotations over the servers (median reported)")
+    parser.add_argument("--rounds", type=int, default=1, help="rotations over the servers, each over other prompts (pooled)")
     parser.add_argument("--max_model_len", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="auto", help="layerskip's --dtype")
@@ -398,7 +409,7 @@ def main() -> int:
                           f"{summary['failed']} failed", file=sys.stderr, flush=True)
             finally:
                 server.stop()
-    rows = median_rows(entries)
+    rows = pooled_rows(entries)
     print(table(rows))
     if args.plot:
         plot(rows, args.plot)

@@ -32,11 +32,13 @@ def test_phases_of_a_round_share_no_prompt_and_servers_share_each_phase():
     assert not set(serve_load.phase_prompts(prompts, [1, 4, 8], 1, 1, 1)) & set(prompts[:1])
 
 
-def test_median_round_is_reported():
-    entries = [dict(server="layerskip_sd", workload="chat", clients=1, round=r, tokens_per_second=t)
-               for r, t in enumerate([30.0, 10.0, 20.0])]
-    (row,) = serve_load.median_rows(entries)
-    assert row["tokens_per_second"] == 20.0 and row["rounds"] == 3
+def test_rounds_are_pooled():
+    entries = [dict(server="layerskip_sd", workload="chat", clients=1, round=r, output_tokens=t, wall_s=w, requests=2,
+                    failed=f, errors=["e"] if f else [], ttft_p50_ms=p, ttft_p95_ms=p, itl_p50_ms=None, itl_p95_ms=5.0)
+               for r, (t, w, f, p) in enumerate([(300, 2.0, 0, 10.0), (100, 2.0, 1, 30.0)])]
+    (row,) = serve_load.pooled_rows(entries)
+    assert row["tokens_per_second"] == 100.0 and row["requests_per_second"] == 0.75 and row["rounds"] == 2
+    assert row["failed"] == 1 and row["errors"] == ["e"] and row["ttft_p50_ms"] == 20.0 and row["itl_p50_ms"] is None
 
 
 def test_both_layerskip_servers_under_load_then_resume(tiny_chat_dir, tmp_path):
