@@ -113,3 +113,31 @@ def test_a_continuation_ends_at_its_first_stop_token(tiny_model, tiny_dir, tmp_p
     out = tmp_path / "stopped.jsonl"
     write_self_generated_corpus(tiny_model, tokenizer, [prefix], out, 8, 1, stop_token_ids=frozenset({stop}))
     assert json.loads(out.read_text())["text"] == tokenizer.decode(prefix + cut, skip_special_tokens=False)
+
+
+def test_chat_prompts_are_answered_as_user_turns(tiny_chat_dir, tiny_dir, tmp_path, capsys):
+    """--apply_chat_template: each text is one user turn through the chat template, continued greedily
+    as the model's answer; it needs --prompts and a tokenizer with a template."""
+    from layerskip.checkpoints.loading import load
+    from layerskip.decoding.chat import single_turn
+
+    loaded = load(str(tiny_chat_dir), dtype="float32")
+    prompts = tmp_path / "questions.jsonl"
+    questions = ["What is a list?", "Name three colours."]
+    prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in questions))
+    out = tmp_path / "answers.jsonl"
+    assert main(["self-generate", "--model", str(tiny_chat_dir), "--prompts", str(prompts), "--text_field", "prompt",
+                 "--apply_chat_template", "True", "--output", str(out), "--new_tokens", "4", "--batch_size", "2",
+                 "--dtype", "float32", "--no_progress", "True"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    for record, question in zip(records, questions, strict=True):
+        ids = single_turn(loaded.tokenizer, question)
+        answer = generate(loaded.model, ids, GenerationConfig(max_steps=4)).token_ids
+        assert record["prefix_tokens"] == len(ids)
+        assert record["prompt"] == loaded.tokenizer.decode(ids + answer, skip_special_tokens=False)
+    capsys.readouterr()
+    assert_one_line_error(run_cli("self-generate", "--model", str(tiny_chat_dir), "--apply_chat_template", "True",
+                                  "--output", str(tmp_path / "z.jsonl")), "--apply_chat_template True needs --prompts")
+    assert_one_line_error(run_cli("self-generate", "--model", str(tiny_dir), "--prompts", str(prompts), "--text_field",
+                                  "prompt", "--apply_chat_template", "True", "--output", str(tmp_path / "w.jsonl")),
+                          "has no chat template")

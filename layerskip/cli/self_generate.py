@@ -17,6 +17,7 @@ from layerskip.training.self_generated import (
     training_prefixes,
     write_self_generated_corpus,
 )
+from layerskip.errors import LayerskipError
 from layerskip.validation import writable_file
 
 
@@ -34,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="JSONL file to write; a file from an interrupted run with the same settings is continued, any other is refused")
     add(parser, "prompts", default=None,
         help="a JSONL file of whole prompts (its --text_field) to continue instead of corpus prefixes, e.g. function headers")
+    add(parser, "apply_chat_template", type=bool, default=False,
+        help="with --prompts: each text is a user turn, rendered by the model's chat template, so the continuation "
+             "is the model's answer (the text for a chat model's draft)")
     add(parser, "num_sequences", type=int, default=8000, help="sequences to write (with --prompts: at most its records)")
     add(parser, "prefix_tokens", type=int, default=128, help="tokens of each corpus prefix")
     add(parser, "new_tokens", type=int, default=128, help="greedy tokens generated after each prefix")
@@ -49,10 +53,13 @@ def run(args: argparse.Namespace) -> int:
 
     check_sizes(num_sequences=args.num_sequences, prefix_tokens=args.prefix_tokens, new_tokens=args.new_tokens,
                 batch_size=args.batch_size)
+    if args.apply_chat_template and args.prompts is None:
+        raise LayerskipError("--apply_chat_template True needs --prompts (a corpus prefix is not a user turn)")
     output = writable_file(args.output, "--output")
     loaded = load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize, compile=args.compile)
     if args.prompts is not None:
-        prefixes = prompt_prefixes(loaded.tokenizer, args.prompts, args.num_sequences, args.text_field)
+        prefixes = prompt_prefixes(loaded.tokenizer, args.prompts, args.num_sequences, args.text_field,
+                                   chat=args.apply_chat_template)
         longest = max(len(p) for p in prefixes)
     else:
         prefixes = training_prefixes(loaded.tokenizer, args.corpus, args.num_sequences, args.prefix_tokens, args.seed,
@@ -63,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     fingerprint = {"model": model_identity(loaded.path), "prefixes": digest(rows),
                    "new_tokens": args.new_tokens, "batch_size": args.batch_size, "text_field": args.text_field,
                    **({"stop_at_eos": True} if args.stop_at_eos else {}),
+                   **({"chat_template": True} if args.apply_chat_template else {}),
                    "dtype": str(loaded.model.dtype).removeprefix("torch."), "device": loaded.model.device.type}
     stop_ids = frozenset(loaded.model.config.eos_token_ids) if args.stop_at_eos else frozenset()
     done = min(claim_output(output, fingerprint), len(rows))

@@ -27,6 +27,7 @@ import torch
 from layerskip.errors import LayerskipError, read_json_object
 from layerskip.files.jsonl import read_records
 from layerskip.evaluation.fingerprint import differences, normalized
+from layerskip.decoding.chat import require_chat_template, single_turn
 from layerskip.decoding.loop import generate_many
 from layerskip.decoding.settings import GenerationConfig
 from layerskip.model.decoder import LlamaForCausalLM
@@ -97,17 +98,23 @@ def training_prefixes(
     return corpus_prefixes(stream, num_sequences, prefix_tokens, seed)
 
 
-def prompt_prefixes(tokenizer, path: str, num_sequences: int, text_field: str = "text") -> list[list[int]]:
+def prompt_prefixes(
+    tokenizer, path: str, num_sequences: int, text_field: str = "text", chat: bool = False
+) -> list[list[int]]:
     """The first ``num_sequences`` records of the JSONL file ``path``, each ``text_field`` tokenized
     as the harness tokenizes a prompt: whole prompts (e.g. function headers with their docstrings)
-    continued as they are, of any lengths."""
+    continued as they are, of any lengths. With ``chat``, each text is the user turn of a new
+    conversation rendered by the tokenizer's chat template (ending with the assistant's generation
+    prompt), so the continuation is the model's own answer to it."""
     check_sizes(num_sequences=num_sequences)
+    if chat:
+        require_chat_template(tokenizer)
     prompts = []
     for number, record in enumerate(read_records(Path(path), "prompt record")[:num_sequences], 1):
         text = record.get(text_field) if isinstance(record, dict) else None
         if not isinstance(text, str) or not text.strip():
             raise LayerskipError(f"`prompts` {path}:{number}: no text in field {text_field!r}")
-        prompts.append(tokenizer(text)["input_ids"])
+        prompts.append(single_turn(tokenizer, text) if chat else tokenizer(text)["input_ids"])
     if not prompts:
         raise LayerskipError(f"`prompts` {path}: no records")
     return prompts
