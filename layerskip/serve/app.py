@@ -20,7 +20,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,6 +35,8 @@ from layerskip.serve.engine_loop import Closed, EngineLoop, Failed, Finished, Fu
 from layerskip.serve.metrics import Metrics
 from layerskip.serve.protocol import APIError, ChatRequest, CompletionRequest, parse_body
 from layerskip.serve.text import TextStream, final_text
+
+RequestBody = TypeVar("RequestBody", CompletionRequest, ChatRequest)
 
 log = logging.getLogger("layerskip.serve")
 
@@ -295,12 +297,18 @@ def create_app(settings: ServeSettings, backend: Backend) -> FastAPI:
                                           "finish_reason": finish_reason(result)}],
                              "usage": usage(prompt_len, len(result.token_ids))})
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
+    async def accepted(request: Request, kind: type[RequestBody]) -> RequestBody:
+        """The request's body as ``kind``, once the key, the JSON, every parameter and the model name are
+        accepted (each refusal an ``APIError``)."""
         check_key(request)
-        body: CompletionRequest = parse_body(await read_body(request), CompletionRequest)
+        body = parse_body(await read_body(request), kind)
         body.refuse_unsupported()
         check_model(body.model)
+        return body
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        body: CompletionRequest = await accepted(request, CompletionRequest)
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             if len(prompt) != 1:
@@ -335,10 +343,7 @@ def create_app(settings: ServeSettings, backend: Backend) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        check_key(request)
-        body: ChatRequest = parse_body(await read_body(request), ChatRequest)
-        body.refuse_unsupported()
-        check_model(body.model)
+        body: ChatRequest = await accepted(request, ChatRequest)
         if not body.messages:
             raise APIError(400, "`messages` is empty", "messages", "invalid_value")
         if body.max_tokens is not None and body.max_completion_tokens is not None:
