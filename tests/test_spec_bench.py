@@ -135,3 +135,14 @@ def test_category_speedups_are_all_tokens_over_all_time() -> None:
     assert table["qa"]["speedup"] == pytest.approx((40 / 2.5) / (40 / 2.0))
     assert table["qa"]["slower_share"] == 0.5 and table["qa"]["slowest"] == pytest.approx(0.5)
     assert table["overall"]["questions"] == 2
+
+
+def test_legend_labels_keep_only_the_settings_that_differ() -> None:
+    from layerskip.evaluation.categories import legend_labels
+
+    common = "k=4,draft_vocab=8192,draft=prompt_lookup+model"
+    labels = [f"self_speculative:{common},draft_adapter=/a/old", f"self_speculative:{common},draft_adapter=new"]
+    assert legend_labels(labels) == ["self_speculative:draft_adapter=/a/old", "self_speculative:draft_adapter=new"]
+    assert legend_labels(["self_speculative:k=2"]) == ["self_speculative:k=2"]
+    assert legend_labels(["self_speculative:k=2", "self_speculative:k=2,draft=model"]) == \
+        ["self_speculative:k=2", "self_speculative:draft=model"]

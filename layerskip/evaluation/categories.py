@@ -80,6 +80,23 @@ def category_table(label: str, table: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def legend_labels(labels: Sequence[str]) -> list[str]:
+    """Short legend entries for strategy labels (``name:key=value,key=value``): the settings every label
+    shares are dropped, so variants that differ in one setting read apart (``self_speculative:
+    draft_adapter=B`` rather than the same 60 leading characters twice)."""
+    def parts(label: str) -> tuple[str, list[str]]:
+        name, _, settings = label.partition(":")
+        return name, [p for p in settings.split(",") if p]
+
+    split = [parts(label) for label in labels]
+    shared = set.intersection(*(set(p) for _, p in split)) if len(split) > 1 else set()
+    out = []
+    for label, (name, settings) in zip(labels, split):
+        kept = [p for p in settings if p not in shared]
+        out.append(f"{name}:{','.join(kept)}" if kept else label)
+    return out
+
+
 def category_chart(results: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path, title: str) -> None:
     """A bar chart PNG of each strategy's per-category speed-ups (a line at 1x: autoregressive)."""
     import matplotlib
@@ -91,9 +108,9 @@ def category_chart(results: Mapping[str, Mapping[str, Mapping[str, Any]]], path:
     categories = list(next(iter(results.values())))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(categories) * max(1, len(labels)) + 2), 4.5))
     width = 0.8 / len(labels)
-    for i, label in enumerate(labels):
+    for i, (label, legend) in enumerate(zip(labels, legend_labels(labels))):
         values = [results[label][c]["speedup"] or 0.0 for c in categories]
-        bars = ax.bar([x + i * width for x in range(len(categories))], values, width, label=label[:60])
+        bars = ax.bar([x + i * width for x in range(len(categories))], values, width, label=legend[:80])
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(categories))], categories, rotation=30, ha="right")
