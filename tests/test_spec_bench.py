@@ -144,5 +144,9 @@ def test_legend_labels_keep_only_the_settings_that_differ() -> None:
     labels = [f"self_speculative:{common},draft_adapter=/a/old", f"self_speculative:{common},draft_adapter=new"]
     assert legend_labels(labels) == ["self_speculative:draft_adapter=/a/old", "self_speculative:draft_adapter=new"]
     assert legend_labels(["self_speculative:k=2"]) == ["self_speculative:k=2"]
+    assert legend_labels(["hf:self_speculative:exit_layer=4,k=2", "hf:self_speculative:exit_layer=4,k=3",
+                          "hf:autoregressive"]) == ["hf:self_speculative:k=2", "hf:self_speculative:k=3", "hf:autoregressive"]
+    assert legend_labels(["self_speculative:k=2,draft_adapter=C:/a", "self_speculative:k=2,draft_adapter=C:/b"]) == \
+        ["self_speculative:draft_adapter=C:/a", "self_speculative:draft_adapter=C:/b"]
     assert legend_labels(["self_speculative:k=2", "self_speculative:k=2,draft=model"]) == \
         ["self_speculative:k=2", "self_speculative:draft=model"]

@@ -81,15 +81,22 @@ def category_table(label: str, table: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def legend_labels(labels: Sequence[str]) -> list[str]:
-    """Short legend entries for strategy labels (``name:key=value,key=value``): the settings every label
-    shares are dropped, so variants that differ in one setting read apart (``self_speculative:
+    """Short legend entries for strategy labels (``name:key=value,key=value``): the settings shared by every
+    label that has settings are dropped, so variants that differ in one setting read apart (``self_speculative:
     draft_adapter=B`` rather than the same 60 leading characters twice)."""
     def parts(label: str) -> tuple[str, list[str]]:
-        name, _, settings = label.partition(":")
-        return name, [p for p in settings.split(",") if p]
+        """``[hf:]NAME`` and its ``key=value`` settings (``Strategy.label``'s form; a value may hold ':')."""
+        first = label.find("=")
+        if first < 0:
+            return label, []
+        cut = label.rfind(":", 0, first)
+        if cut < 0:
+            return label, []
+        return label[:cut], [p for p in label[cut + 1:].split(",") if p]
 
     split = [parts(label) for label in labels]
-    shared = set.intersection(*(set(p) for _, p in split)) if len(split) > 1 else set()
+    with_settings = [set(p) for _, p in split if p]
+    shared = set.intersection(*with_settings) if len(with_settings) > 1 else set()
     out = []
     for label, (name, settings) in zip(labels, split):
         kept = [p for p in settings if p not in shared]
