@@ -12,21 +12,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_one_line_error, make_gemma3_checkpoint, run_cli
+from helpers import assert_one_line_error, make_gemma3_checkpoint, run_cli, write_corpus
 
 from layerskip.checkpoints.loading import load, load_model, text_decoder_weights
 from layerskip.decoding.settings import Decoding, GenerationConfig
-from layerskip.decoding.loop import generate
+from layerskip.decoding.loop import generate, generate_many
 from layerskip.decoding.sampling import SamplingConfig
 from layerskip.decoding.strategy import Strategy
 from layerskip.drafters.config import DraftConfig, build_drafter
 from layerskip.errors import LayerskipError
 from layerskip.kernels import policy
 from layerskip.kernels.linear import prepare_for_inference
-from layerskip.model.adapter import AdapterConfig, DraftAdapter
+from layerskip.model.adapter import init_adapter, save_adapter
 from layerskip.model.cache import KVCache
 from layerskip.model.config import ModelConfig
-from layerskip.model.gemma3 import Gemma3ForCausalLM
+from layerskip.model.gemma3 import Gemma3DecoderLayer, Gemma3ForCausalLM
+from layerskip.drafters.adapter import AdapterDrafter
+from layerskip.training.adapter_trainer import AdapterTrainConfig, AdapterTrainer
 
 CPU = torch.device("cpu")
 GREEDY = GenerationConfig(max_steps=24, sampling=SamplingConfig(sample=False))
@@ -172,10 +174,76 @@ def test_the_policy_keeps_llama_kernels_off_gemma_layers(gemma_dir) -> None:
     assert all(getattr(layer, "mlp_block", None) is None for layer in model.model.layers)
 
 
-def test_compile_and_adapters_are_refused_in_one_line(gemma_dir) -> None:
+@pytest.mark.skipif(not policy.native_kernels(), reason=f"{policy.native_kernels_problem()}")
+@torch.inference_mode()
+def test_bf16_norms_run_as_one_native_call_with_the_aten_paths_arithmetic(gemma_dir) -> None:
+    """Prepared in bf16 on the native kernels every norm (and the q/k pair) is one native call whose output
+    equals the ATen path's (float32 inside, rounded once; a rare last-bit tie apart); float32 keeps ATen."""
+    model = prepare_for_inference(load_model(gemma_dir, CPU, torch.bfloat16))
+    layer = model.model.layers[0]
+    assert layer.pre_feedforward_layernorm.native_scale is not None and layer.self_attn.qk_scale is not None
+    x = torch.randn(3, 7, model.config.hidden_size, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    norm = layer.post_attention_layernorm
+    native = norm(x)
+    norm.native_scale, kept = None, norm.native_scale
+    reference = norm(x)
+    norm.native_scale = kept
+    assert native.dtype == torch.bfloat16 and (native.float() - reference.float()).abs().max() <= 2 ** -7 * reference.float().abs().max()
+    assert (native == reference).float().mean() > 0.99
+    attn = layer.self_attn
+    qk = torch.randn(2, 5, attn.n_heads + attn.n_kv, attn.head_dim).to(torch.bfloat16)
+    both = torch.ops.layerskip.gemma_rms_norm(qk, attn.qk_scale, attn.q_norm.eps)
+    apart = torch.cat([attn.q_norm(qk[:, :, : attn.n_heads]), attn.k_norm(qk[:, :, attn.n_heads :])], dim=2)
+    assert (both == apart).float().mean() > 0.99
+    eager = load_model(gemma_dir, CPU, torch.bfloat16)
+    ids = tokens()
+    assert (model(ids).argmax(-1) == eager(ids).argmax(-1)).float().mean() > 0.9
+    assert prepare_for_inference(load_model(gemma_dir, CPU, torch.float32)).model.norm.native_scale is not None
+    with pytest.raises(RuntimeError, match="multiple of the scale"):
+        torch.ops.layerskip.gemma_rms_norm(qk.reshape(-1, attn.head_dim)[: attn.qk_scale.shape[0] + 1], attn.qk_scale, 1e-6)
+
+
+def test_compile_is_refused_in_one_line(gemma_dir) -> None:
     with pytest.raises(LayerskipError, match="`compile`: torch.compile is not available for Gemma 3"):
         load(str(gemma_dir), "cpu", "float32", compile=True)
     assert_one_line_error(run_cli("generate", "--model", str(gemma_dir), "--prompt", "x", "--compile", "True"), "Gemma 3")
-    config = ModelConfig.from_file(gemma_dir / "config.json")
-    with pytest.raises(LayerskipError, match="`draft_adapter`"):
-        DraftAdapter(config, AdapterConfig(exit_layer=2))
+
+
+@pytest.mark.parametrize("architecture", ["attention", "decoder_layer"])
+def test_an_adapter_is_a_global_gemma_layer_and_drafting_with_it_stays_exact(gemma_dir, architecture, tmp_path) -> None:
+    """The adapter block is Gemma's own layer (q/k norms, (1 + w) norms, gated GELU for ``decoder_layer``),
+    run as a global layer (here a copy of layer 1, global); greedy drafting with it, one row and a batch,
+    equals autoregressive."""
+    model = load_model(gemma_dir, CPU, torch.float32)
+    adapter = init_adapter(model, 2, architecture, 1)
+    assert isinstance(adapter.block, Gemma3DecoderLayer) and model.kinds[1] == 0 and adapter.kind == 0
+    assert hasattr(adapter.block, "mlp") == (architecture == "decoder_layer")
+    if architecture == "decoder_layer":  # the copy of the global layer computes what that layer computes
+        hidden = torch.randn(1, 12, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+        _, cos, sin, mask = model.slot_inputs(None, 0, 12, 1)
+        torch.testing.assert_close(adapter(hidden, cos, sin), model.layer_loop(hidden, 1, 2, None, None, cos, sin, mask))
+    save_adapter(adapter, tmp_path)
+    prepared = prepare_for_inference(load_model(gemma_dir, CPU, torch.float32))
+    drafter = AdapterDrafter(tmp_path, 3)
+    for prompt in PROMPTS:
+        got = generate(prepared, prompt, GREEDY, Decoding(drafter))
+        assert got.token_ids == generate(prepared, prompt, GREEDY).token_ids and got.stats.draft_forwards > 0
+    batch, _ = generate_many(prepared, PROMPTS, GREEDY, Decoding(AdapterDrafter(tmp_path, 3)), batch_control=False)
+    assert [r.token_ids for r in batch] == [generate(prepared, p, GREEDY).token_ids for p in PROMPTS]
+
+
+def test_train_adapter_trains_a_gemma_adapter(gemma_dir, tmp_path) -> None:
+    """``layerskip train-adapter`` on a Gemma 3 base: features, training through the frozen (1 + w) norm
+    and tied head, an adapter the drafter loads."""
+    out = tmp_path / "run"
+    config = AdapterTrainConfig(model=str(gemma_dir), exit_layer=2, corpus=str(write_corpus(tmp_path)),
+                                output_dir=str(out), architecture="decoder_layer", seq_len=32, max_tokens=1024,
+                                top_k=8, draft_vocab=120, steps=4, batch_size=4, eval_every=4, eval_prompts=1,
+                                eval_tokens=8, device="cpu")
+    AdapterTrainer(config).run(progress=False)
+    record = json.loads((out / "adapter" / "adapter.json").read_text())
+    assert record["architecture"] == "decoder_layer" and record["intermediate_size"] == 128
+    prepared = prepare_for_inference(load_model(gemma_dir, CPU, torch.float32))
+    drafter = AdapterDrafter(out / "adapter", 2, draft_vocab=120)
+    for prompt in PROMPTS:
+        assert generate(prepared, prompt, GREEDY, Decoding(drafter)).token_ids == generate(prepared, prompt, GREEDY).token_ids

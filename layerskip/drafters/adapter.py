@@ -30,7 +30,7 @@ from layerskip.drafters.length import LengthPolicy
 from layerskip.decoding.types import DecodeBatch, Draft, DraftReport
 from layerskip.drafters.base import LengthState
 from layerskip.drafters.early_exit import EarlyExitDrafter
-from layerskip.kernels.linear import prepare_layer
+from layerskip.kernels.linear import attach_norms, prepare_layer
 from layerskip.model.decoder import LlamaForCausalLM
 
 
@@ -69,6 +69,7 @@ class AdapterDrafter(EarlyExitDrafter):
             adapter = load_adapter(self.directory, model)
             with torch.no_grad():
                 prepare_layer(adapter.block)  # the model's kernels: fused, prepacked where they apply
+                attach_norms(adapter.block, model.config, model.device)
             self.adapter, self._adapter_for = adapter, key
             self._cache_owner = None
 

@@ -39,7 +39,9 @@ from layerskip.errors import LayerskipError
 from layerskip.model.config import ModelConfig
 from layerskip.model.fingerprint import base_fingerprint
 from layerskip.kernels.blocks import AttentionBlock, MLPBlock
-from layerskip.kernels.policy import NATIVE_ATTENTION_QUERIES, check_kernel, decoder_blocks, linear_kernel, native_attention
+from layerskip.kernels.policy import (NATIVE_ATTENTION_QUERIES, check_kernel, decoder_blocks, linear_kernel,
+                                     native_attention, native_norms)
+from layerskip.model.gemma3 import attach_native_norms
 
 QUANTIZATIONS = ("none", "int8")
 
@@ -204,6 +206,13 @@ def attach_blocks(layer: nn.Module, for_compile: bool = False, config: ModelConf
             layer.mlp_block = MLPBlock(layer.post_attention_layernorm, mlp)
 
 
+def attach_norms(module: nn.Module, config: ModelConfig, device: torch.device, kernel: str = "auto") -> None:
+    """Give the Gemma 3 norms under ``module`` (a model of ``config``, or its draft adapter's block) the
+    native one-call norm where the policy says so (``native_norms``; in place, inference only)."""
+    if native_norms(device, config, kernel):
+        attach_native_norms(module)
+
+
 def prepare_for_inference(model: nn.Module, quantize: str = "none", kernel: str = "auto",
                           for_compile: bool = False) -> nn.Module:
     """Prepare every decoder layer of a ``LlamaForCausalLM`` (``prepare_layer``: fused projections,
@@ -224,6 +233,7 @@ def prepare_for_inference(model: nn.Module, quantize: str = "none", kernel: str 
             layer.self_attn.native_queries = NATIVE_ATTENTION_QUERIES if attention else 0
             prepare_layer(layer, quantize, kernel, for_compile)
             attach_blocks(layer, for_compile, model.config)
+        attach_norms(model, model.config, model.device, kernel)
         head = model.lm_head
         if linear_kernel(head.weight, kernel) != "dense":
             model.lm_head = make_linear(head.weight, head.bias, kernel=kernel, keep_weight=True)

@@ -213,6 +213,14 @@ def decoder_blocks(attention_native: bool, kernels: list[str], for_compile: bool
     return llama and attention_native and not for_compile and bool(kernels) and all(k == "streamed" for k in kernels)
 
 
+def native_norms(device: torch.device, config: ModelConfig, requested: str = "auto") -> bool:
+    """Whether a Gemma 3 model's norms (four a layer, and q/k) run as one native call each on bfloat16
+    activations (``torch.ops.layerskip.gemma_rms_norm``; ~9 ATen ops otherwise): on a CPU where the native
+    kernels load, unless ``requested`` names another kernel. Float32 activations keep the ATen path."""
+    return (config.gemma3 is not None and check_kernel(requested) in ("auto", "streamed") and device.type == "cpu"
+            and native_kernels())
+
+
 def compile_problem(device: torch.device, config: ModelConfig | None = None) -> str | None:
     """Why ``torch.compile`` cannot build kernels for ``device`` (and the model of ``config``) here (None: it can)."""
     if config is not None and config.gemma3 is not None:

@@ -6,9 +6,11 @@ and LM head. Only the adapter is trained, so the model — and the verified outp
 the original checkpoint's. Verification still reuses the draft's K/V and exit hidden states of the
 layers below ``E``: those are the full model's own; the adapter's output is used only for drafting.
 
-An adapter is one ``DecoderLayer`` (``model.py``) with the base's widths: ``attention`` is
-Kangaroo's attention-only block, ``decoder_layer`` adds a SwiGLU MLP of ``intermediate_size``. It
-attends over its own one-layer KV cache at the same slots and rotary positions as the model.
+An adapter is one decoder layer of the base's family with the base's widths (``DecoderLayer`` for
+Llama, ``Gemma3DecoderLayer`` for Gemma 3): ``attention`` is Kangaroo's attention-only block,
+``decoder_layer`` adds the family's MLP (SwiGLU, or Gemma's gated GELU) of ``intermediate_size``. It
+attends over its own one-layer KV cache at the same slots and rotary positions as the model; on Gemma 3
+it is a global layer (full attention, the global rotary base), so it sees the whole draft context.
 
 On disk: ``adapter.safetensors`` + ``adapter.json`` (exit layer, architecture, sizes, and the
 fingerprint of the base checkpoint it was trained for; loading it onto another base is an error).
@@ -29,6 +31,7 @@ from layerskip.model.config import ModelConfig, check_exit_layer
 from layerskip.errors import LayerskipError, read_json_object
 from layerskip.model.fingerprint import base_fingerprint
 from layerskip.model.decoder import DecoderLayer, LlamaForCausalLM
+from layerskip.model.gemma3 import Gemma3DecoderLayer
 
 ADAPTER_CONFIG = "adapter.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -76,12 +79,11 @@ class DraftAdapter(nn.Module):
 
     def __init__(self, base: ModelConfig, config: AdapterConfig) -> None:
         super().__init__()
-        if base.gemma3 is not None:
-            raise LayerskipError("`draft_adapter`: adapters are Llama-family blocks; a Gemma 3 model drafts with "
-                                 "its own early layers (no adapter)")
         self.config = config
         self.block_config = config.block_config(base)
-        self.block = DecoderLayer(self.block_config)
+        self.block = Gemma3DecoderLayer(self.block_config) if base.gemma3 is not None else DecoderLayer(self.block_config)
+        #: which of a Gemma 3 model's per-layer-type slot inputs the block takes (LAYER_TYPES: 0 global)
+        self.kind: int | None = 0 if base.gemma3 is not None else None
 
     def new_cache(self, model_cache: KVCache) -> KVCache:
         """The adapter's one-layer cache, with the rows and slots of the model's."""
@@ -97,8 +99,11 @@ class DraftAdapter(nn.Module):
         slots: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``LlamaForCausalLM.slot_inputs`` gives cos/sin, slots and mask; without a cache, a causal
-        forward over the T tokens (training)."""
+        """``LlamaForCausalLM.slot_inputs`` gives cos/sin, slots and mask (Gemma 3's: one per layer type,
+        of which the block takes the global one); without a cache, a causal forward over the T tokens
+        (training)."""
+        if self.kind is not None:
+            cos, sin, mask = cos[self.kind], sin[self.kind], mask[self.kind] if mask is not None else None
         return self.block(hidden, cos, sin, 0, cache, slots, mask)
 
 

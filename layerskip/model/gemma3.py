@@ -37,14 +37,19 @@ from layerskip.model.rope import RotaryTable, apply_rotary
 
 
 class GemmaRMSNorm(nn.Module):
-    """``x / rms(x) * (1 + weight)`` in float32, returned in x's dtype; x ``[..., dim]``."""
+    """``x / rms(x) * (1 + weight)`` in float32, returned in x's dtype; x ``[..., dim]``. Prepared for
+    inference on the native kernels (``attach_native_norms``), a bfloat16 x takes one native call."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(dim))
         self.eps = eps
+        #: ``1 + weight`` ``[1, dim]`` float32 for ``torch.ops.layerskip.gemma_rms_norm`` (None: the ATen path)
+        self.native_scale: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native_scale is not None and x.dtype == torch.bfloat16:
+            return torch.ops.layerskip.gemma_rms_norm(x.contiguous(), self.native_scale, self.eps)
         return F.rms_norm(x.float(), self.weight.shape, self.weight.float() + 1.0, self.eps).to(x.dtype)
 
 
@@ -57,6 +62,9 @@ class Gemma3Attention(Attention):
         self.q_norm = GemmaRMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         self.k_norm = GemmaRMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         self.scale = cfg.gemma3.query_pre_attn_scalar**-0.5
+        #: the q and k norms' ``1 + weight`` per head ``[heads + kv_heads, head_dim]`` float32: both norms in
+        #: one native call (``attach_native_norms``; None: each its own module)
+        self.qk_scale: torch.Tensor | None = None
 
     def rotated_qkv(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -67,9 +75,26 @@ class Gemma3Attention(Attention):
         b, t, _ = x.shape
         qk, v = self.project(x)
         qk = qk.view(b, t, self.n_heads + self.n_kv, self.head_dim)
-        q = apply_rotary(self.q_norm(qk[:, :, : self.n_heads]).to(cos.dtype), cos, sin).transpose(1, 2)
-        k = apply_rotary(self.k_norm(qk[:, :, self.n_heads :]).to(cos.dtype), cos, sin).transpose(1, 2)
+        if self.qk_scale is not None and qk.dtype == torch.bfloat16:
+            qk = torch.ops.layerskip.gemma_rms_norm(qk.contiguous(), self.qk_scale, self.q_norm.eps)
+            q, k = qk[:, :, : self.n_heads], qk[:, :, self.n_heads :]
+        else:
+            q, k = self.q_norm(qk[:, :, : self.n_heads]), self.k_norm(qk[:, :, self.n_heads :])
+        q = apply_rotary(q.to(cos.dtype), cos, sin).transpose(1, 2)
+        k = apply_rotary(k.to(cos.dtype), cos, sin).transpose(1, 2)
         return q, k, v.to(cos.dtype).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+
+
+def attach_native_norms(module: nn.Module) -> None:
+    """Give every Gemma norm under ``module`` its float32 ``1 + weight`` for the native one-call norm
+    (``torch.ops.layerskip.gemma_rms_norm``; in place, inference only: the weights must not change after).
+    The caller decides that the native kernels apply (``layerskip.kernels.policy.native_norms``)."""
+    for sub in module.modules():
+        if isinstance(sub, GemmaRMSNorm):
+            sub.native_scale = (sub.weight.detach().float() + 1.0).reshape(1, -1).contiguous()
+        elif isinstance(sub, Gemma3Attention):
+            q, k = (norm.weight.detach().float() + 1.0 for norm in (sub.q_norm, sub.k_norm))
+            sub.qk_scale = torch.cat([q.expand(sub.n_heads, -1), k.expand(sub.n_kv, -1)]).contiguous()
 
 
 class Gemma3MLP(MLP):
@@ -84,17 +109,19 @@ class Gemma3MLP(MLP):
 
 
 class Gemma3DecoderLayer(nn.Module):
-    """``h + post_attn(attn(input(h)))``, then ``h + post_ffw(mlp(pre_ffw(h)))``: four (1 + w) norms."""
+    """``h + post_attn(attn(input(h)))``, then ``h + post_ffw(mlp(pre_ffw(h)))``: four (1 + w) norms;
+    ``intermediate_size == 0`` builds the attention half alone (an attention-only draft adapter)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         dim, eps = cfg.hidden_size, cfg.rms_norm_eps
         self.self_attn = Gemma3Attention(cfg)
-        self.mlp = Gemma3MLP(cfg)
         self.input_layernorm = GemmaRMSNorm(dim, eps)
         self.post_attention_layernorm = GemmaRMSNorm(dim, eps)
-        self.pre_feedforward_layernorm = GemmaRMSNorm(dim, eps)
-        self.post_feedforward_layernorm = GemmaRMSNorm(dim, eps)
+        if cfg.intermediate_size > 0:
+            self.mlp = Gemma3MLP(cfg)
+            self.pre_feedforward_layernorm = GemmaRMSNorm(dim, eps)
+            self.post_feedforward_layernorm = GemmaRMSNorm(dim, eps)
 
     def forward(
         self,
@@ -112,7 +139,7 @@ class Gemma3DecoderLayer(nn.Module):
         if not skip_attn:
             attended = self.self_attn(self.input_layernorm(hidden), cos, sin, index, cache, slots, mask)
             hidden = hidden + self.post_attention_layernorm(attended)
-        if not skip_mlp:
+        if not skip_mlp and hasattr(self, "mlp"):
             hidden = hidden + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(hidden)))
         return hidden
 

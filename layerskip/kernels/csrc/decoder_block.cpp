@@ -14,7 +14,11 @@
 // embedding and attention run in float32 (the cache dtype) and the attention output is rounded to bf16;
 // silu(gate) and its product with up are each rounded to bf16; the residual addition is a bf16 one.
 // Every row of the output is the same sequence of operations whatever T is.
+//
+// Gemma 3's layers keep their module path (four (1 + w) norms, q/k norms, GELU), where a norm is ~9 ATen ops;
+// gemma_rms_norm runs one as a single call (the same float32 arithmetic, rounded once to bf16).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <immintrin.h>
@@ -180,9 +184,30 @@ at::Tensor mlp_block(const at::Tensor& hidden, const at::Tensor& norm_weight, do
   return residual(hidden, projected.data());
 }
 
+// Gemma 3's RMSNorm, (1 + w) already added: out[r, :] = bf16(x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * scale[r % H, :])
+// for x [..., D] bf16 (its flattened rows r) and scale [H, D] float32, float32 inside. H > 1 normalises
+// q and k heads in one call ([..., heads + kv_heads, head_dim] with the q scale repeated per q head).
+at::Tensor gemma_rms_norm(const at::Tensor& x, const at::Tensor& scale, double eps) {
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.dim() >= 1,
+              "gemma_rms_norm: x must be a contiguous bfloat16 tensor");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.dim() == 2 && scale.size(1) == x.size(-1),
+              "gemma_rms_norm: scale must be a contiguous float32 [H, D] tensor with D = x.size(-1)");
+  const int64_t D = x.size(-1), H = scale.size(0), rows = D ? x.numel() / D : 0;
+  TORCH_CHECK(H > 0 && rows % H == 0, "gemma_rms_norm: the rows of x must be a multiple of the scale's H");
+  at::Tensor out = at::empty_like(x);
+  const BFloat16* xp = x.const_data_ptr<BFloat16>();
+  const float* sp = scale.const_data_ptr<float>();
+  BFloat16* op = out.data_ptr<BFloat16>();
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) rms_norm_rows(xp + r * D, sp + (r % H) * D, op + r * D, 1, D, eps);
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(layerskip, m) {
+  m.def("gemma_rms_norm(Tensor x, Tensor scale, float eps) -> Tensor");
   m.def(
       "attention_block(Tensor hidden, Tensor norm_weight, float eps, Tensor qkv_packed, Tensor? qkv_bias, "
       "Tensor o_packed, Tensor? o_bias, Tensor cos, Tensor sin, Tensor(a!) keys, Tensor(b!) values, Tensor slots, "
@@ -195,4 +220,5 @@ TORCH_LIBRARY_FRAGMENT(layerskip, m) {
 TORCH_LIBRARY_IMPL(layerskip, CPU, m) {
   m.impl("attention_block", &attention_block);
   m.impl("mlp_block", &mlp_block);
+  m.impl("gemma_rms_norm", &gemma_rms_norm);
 }
