@@ -167,7 +167,8 @@ def test_a_multimodal_checkpoints_text_decoder_weights_are_found() -> None:
 def test_the_policy_keeps_llama_kernels_off_gemma_layers(gemma_dir) -> None:
     config = ModelConfig.from_file(gemma_dir / "config.json")
     assert not policy.decoder_blocks(True, ["streamed", "streamed"], False, config)
-    assert not policy.native_attention(CPU, 256)  # Gemma 3's real head size: SDPA
+    assert policy.native_attention(CPU, 256) == policy.native_kernels()  # Gemma 3's real head size
+    assert not policy.native_attention(CPU, 192)
     assert "Gemma 3" in policy.compile_problem(CPU, config)
     model = prepare_for_inference(load_model(gemma_dir, CPU, torch.bfloat16))  # streamed where the CPU has it
     assert all(getattr(layer, "attn_block", None) is None for layer in model.model.layers)

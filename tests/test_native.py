@@ -149,7 +149,8 @@ def test_the_requested_kernel_decides_attention_too() -> None:
     native_here = policy.native_kernels()
     assert policy.native_attention(cpu, 64, "auto") == policy.native_attention(cpu, 64, "streamed") == native_here
     assert not policy.native_attention(cpu, 64, "packed") and not policy.native_attention(cpu, 64, "dense")
-    assert not policy.native_attention(cpu, 12) and not policy.native_attention(cpu, 256)
+    assert not policy.native_attention(cpu, 12) and not policy.native_attention(cpu, 144)
+    assert policy.native_attention(cpu, 256) == native_here  # Gemma 3's head size
     with pytest.raises(ValueError, match="unknown kernel 'fast'"):
         policy.native_attention(cpu, 64, "fast")
 
@@ -162,7 +163,7 @@ def sdpa_reference(q, k, v, mask):
 
 @needs_native
 @pytest.mark.parametrize(("batch", "heads", "kv_heads", "head_dim", "capacity"),
-                         [(1, 9, 3, 64, 256), (2, 4, 2, 16, 41), (1, 8, 8, 128, 100), (1, 6, 1, 48, 17)])
+                         [(1, 9, 3, 64, 256), (2, 4, 2, 16, 41), (1, 8, 8, 128, 100), (1, 6, 1, 48, 17), (2, 4, 1, 256, 70)])
 def test_cached_attention_equals_sdpa_and_rows_do_not_depend_on_the_query_count(batch, heads, kv_heads, head_dim,
                                                                                capacity) -> None:
     torch.manual_seed(0)

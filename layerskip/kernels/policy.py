@@ -199,9 +199,9 @@ def native_attention(device: torch.device, head_dim: int, requested: str = "auto
     """Whether attention over a KV cache of up to ``NATIVE_ATTENTION_QUERIES`` tokens runs the native kernel.
     The kernel is softmax(q k^T * scale + mask) v with the caller's scale and additive mask, so it is right
     for every family's attention (Gemma 3's sliding-window masks and ``query_pre_attn_scalar`` scale
-    included) wherever its head size fits: a multiple of 16 up to 128 (Gemma 3's 256 runs on SDPA)."""
+    included) wherever its head size fits: a multiple of 16 up to 128, or 256 (Gemma 3's)."""
     return (check_kernel(requested) in ("auto", "streamed") and device.type == "cpu" and head_dim % 16 == 0
-            and head_dim <= 128 and native_kernels())
+            and (head_dim <= 128 or head_dim == 256) and native_kernels())
 
 
 def decoder_blocks(attention_native: bool, kernels: list[str], for_compile: bool, config: ModelConfig | None = None) -> bool:

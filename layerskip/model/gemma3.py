@@ -15,8 +15,10 @@ What differs from Llama, each piece small and used only here (so the Llama path 
   does), the LM head is tied, and the logits are soft-capped where the config asks.
 
 Early exit at any layer goes through the same final norm and head (``unembed``). Kernels: the
-projections are fused and prepared like Llama's (the same ``q_proj``/.../``down_proj`` names); the
-native one-call sublayers are never attached (``layerskip.kernels.policy.decoder_blocks``);
+projections are fused and prepared like Llama's (the same ``q_proj``/.../``down_proj`` names), attention
+of a few tokens over the cache runs the native kernel (head size 256 included), each norm on bf16
+activations is one native call (``attach_native_norms``); the native one-call sublayers are never
+attached (``layerskip.kernels.policy.decoder_blocks``);
 ``torch.compile`` is refused (``layerskip.kernels.policy.compile_problem``).
 """
 

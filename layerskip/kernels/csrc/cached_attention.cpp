@@ -105,6 +105,7 @@ AttendFn attend_for(int64_t D) {
     case 6: return attend_one<6>;
     case 7: return attend_one<7>;
     case 8: return attend_one<8>;
+    case 16: return attend_one<16>;  // Gemma 3's head size, 256
     default: return nullptr;
   }
 }
@@ -117,7 +118,7 @@ at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k, const at::
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && mask.dim() == 4, "cached_attention: 4-d inputs");
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), KV = k.size(1), C = k.size(2);
   TORCH_CHECK(k.size(0) == B && k.size(3) == D && KV > 0 && H % KV == 0 && layerskip::attends(D),
-              "cached_attention: q [B, T, H, D] and k, v [B, KV, C, D] with KV dividing H and D one of 16, 32, .., 128");
+              "cached_attention: q [B, T, H, D] and k, v [B, KV, C, D] with KV dividing H and D one of 16, 32, .., 128 or 256");
   TORCH_CHECK(mask.size(0) == B && mask.size(1) == 1 && mask.size(2) == T && mask.size(3) == C,
               "cached_attention: mask must be [B, 1, T, C]");
   TORCH_CHECK(q.stride(3) == 1, "cached_attention: q must be contiguous in its last dimension");

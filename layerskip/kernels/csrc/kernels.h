@@ -40,7 +40,7 @@ inline __m512 exp16(__m512 x) {
   return _mm512_maskz_mov_ps(~hidden, _mm512_scalef_ps(p, n));
 }
 
-// Whether attend_rows supports head size D (a multiple of 16, at most 128).
+// Whether attend_rows supports head size D (a multiple of 16 up to 128, or 256).
 bool attends(int64_t D);
 
 // out [B, T, H, D] (contiguous) = softmax(q k^T * scale + mask) v per (row, query, head), float32:
