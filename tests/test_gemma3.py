@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from helpers import assert_one_line_error, make_gemma3_checkpoint, run_cli, write_corpus
 
 from layerskip.checkpoints.loading import load, load_model, text_decoder_weights
@@ -231,6 +232,12 @@ def test_an_adapter_is_a_global_gemma_layer_and_drafting_with_it_stays_exact(gem
         assert got.token_ids == generate(prepared, prompt, GREEDY).token_ids and got.stats.draft_forwards > 0
     batch, _ = generate_many(prepared, PROMPTS, GREEDY, Decoding(AdapterDrafter(tmp_path, 3)), batch_control=False)
     assert [r.token_ids for r in batch] == [generate(prepared, p, GREEDY).token_ids for p in PROMPTS]
+    weights = tmp_path / "adapter.safetensors"  # stored in bf16 (a shipped adapter's size): still exact in float32
+    save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}, str(weights))
+    drafter = AdapterDrafter(tmp_path, 3)
+    for prompt in PROMPTS:
+        assert generate(prepared, prompt, GREEDY, Decoding(drafter)).token_ids == generate(prepared, prompt, GREEDY).token_ids
+    assert drafter.adapter is not None and drafter.adapter.block.input_layernorm.weight.dtype == torch.float32
 
 
 def test_train_adapter_trains_a_gemma_adapter(gemma_dir, tmp_path) -> None:
