@@ -186,9 +186,10 @@ def test_an_unknown_name_lists_the_known_ones(capsys):
     assert NAME in capsys.readouterr().err
 
 
-def test_the_package_ships_a_loadable_adapter_for_smollm2():
-    """What `layerskip fetch smollm2-135m-instruct` installs: an adapter whose files agree with its
-    config (<= 16 MB), its draft vocabulary, a card, and settings naming it (relative to the checkpoint)."""
+@pytest.mark.parametrize(("name", "hidden", "kv_width", "layers"), [(NAME, 576, 192, 30), ("gemma-3-270m", 640, 256, 18)])
+def test_the_package_ships_a_loadable_adapter(name, hidden, kv_width, layers):
+    """What `layerskip fetch NAME` installs: an adapter whose files agree with its config (<= 16 MB), its
+    draft vocabulary, a card, and settings naming it (relative to the checkpoint)."""
     from safetensors import safe_open
 
     from layerskip.model.adapter import read_adapter_config
@@ -196,13 +197,14 @@ def test_the_package_ships_a_loadable_adapter_for_smollm2():
     from layerskip.drafters.draft_head import RANKING_FILE
     from layerskip.checkpoints.fetch import ADAPTER_DIR, SHIPPED_ADAPTERS
 
-    shipped = SHIPPED_ADAPTERS / NAME
+    shipped = SHIPPED_ADAPTERS / name
     config = read_adapter_config(shipped)
-    assert config.base_name == NAME and config.architecture == "decoder_layer" and 1 <= config.exit_layer < 30
+    assert config.base_name == name and 1 <= config.exit_layer < layers
     with safe_open(str(shipped / "adapter.safetensors"), framework="pt") as handle:
         shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    assert shapes["block.mlp.gate_proj.weight"] == (config.intermediate_size, 576)
-    assert shapes["block.self_attn.k_proj.weight"] == (192, 576)  # SmolLM2: 3 KV heads of 64
+    if config.architecture == "decoder_layer":
+        assert shapes["block.mlp.gate_proj.weight"] == (config.intermediate_size, hidden)
+    assert shapes["block.self_attn.k_proj.weight"] == (kv_width, hidden)  # SmolLM2: 3 KV heads of 64; Gemma: 1 of 256
     assert sum((p.stat().st_size for p in shipped.iterdir()), 0) <= 16 * 2**20
     assert (shipped / RANKING_FILE).exists() and "acceptance" in (shipped / "MODEL_CARD.md").read_text()
     recommended = json.loads((shipped / "layerskip.json").read_text())["recommended"]
