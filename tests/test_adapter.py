@@ -147,6 +147,7 @@ def test_train_adapter_writes_a_usable_adapter(trained, tiny_dir, tiny_model):
     final = trained / "adapter"
     record = json.loads((final / "adapter.json").read_text())
     assert record["exit_layer"] == 2 and record["training"]["steps"] == 6
+    assert record["metrics"]["step"] == 6 and "val_agreement" in record["metrics"]  # this step's evaluation
     assert set(load_ranking([final]).tolist()) <= set(range(300))
     log = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
     evals = [r for r in log if "val_agreement" in r]

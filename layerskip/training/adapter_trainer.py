@@ -295,6 +295,8 @@ class AdapterTrainer:
                 if self.world.is_main:
                     current = self._save(adapter, optimizer, step, ranking, metrics)
                     metrics = {"step": step, **self._evaluate(model, adapter, head_weight, index, val, prompts, current)}
+                    # the evaluation drafts with the saved adapter; its record then carries that evaluation
+                    save_adapter(adapter, current, {"step": step, "training": asdict(self.config), "metrics": metrics})
                     self._log(metrics)
                     bar.write(json.dumps(metrics))
                 self.world.barrier()
