@@ -49,10 +49,14 @@ class GemmaRMSNorm(nn.Module):
         #: ``1 + weight`` ``[1, dim]`` float32 for ``torch.ops.layerskip.gemma_rms_norm`` (None: the ATen path)
         self.native_scale: torch.Tensor | None = None
 
+    def scale(self) -> torch.Tensor:
+        """``1 + weight`` ``[dim]`` in float32."""
+        return self.weight.float() + 1.0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.native_scale is not None and x.dtype == torch.bfloat16:
             return torch.ops.layerskip.gemma_rms_norm(x.contiguous(), self.native_scale, self.eps)
-        return F.rms_norm(x.float(), self.weight.shape, self.weight.float() + 1.0, self.eps).to(x.dtype)
+        return F.rms_norm(x.float(), self.weight.shape, self.scale(), self.eps).to(x.dtype)
 
 
 class Gemma3Attention(Attention):
@@ -91,12 +95,13 @@ def attach_native_norms(module: nn.Module) -> None:
     """Give every Gemma norm under ``module`` its float32 ``1 + weight`` for the native one-call norm
     (``torch.ops.layerskip.gemma_rms_norm``; in place, inference only: the weights must not change after).
     The caller decides that the native kernels apply (``layerskip.kernels.policy.native_norms``)."""
-    for sub in module.modules():
-        if isinstance(sub, GemmaRMSNorm):
-            sub.native_scale = (sub.weight.detach().float() + 1.0).reshape(1, -1).contiguous()
-        elif isinstance(sub, Gemma3Attention):
-            q, k = (norm.weight.detach().float() + 1.0 for norm in (sub.q_norm, sub.k_norm))
-            sub.qk_scale = torch.cat([q.expand(sub.n_heads, -1), k.expand(sub.n_kv, -1)]).contiguous()
+    with torch.no_grad():
+        for sub in module.modules():
+            if isinstance(sub, GemmaRMSNorm):
+                sub.native_scale = sub.scale().reshape(1, -1).contiguous()
+            elif isinstance(sub, Gemma3Attention):
+                q, k = sub.q_norm.scale(), sub.k_norm.scale()
+                sub.qk_scale = torch.cat([q.expand(sub.n_heads, -1), k.expand(sub.n_kv, -1)]).contiguous()
 
 
 class Gemma3MLP(MLP):
